@@ -1,0 +1,258 @@
+//! List addresses and envelope recipients.
+//!
+//! Why this is strict: the only mail Plenary accepts is mail for a list it hosts. A recipient
+//! is therefore never "an address", it is one of a handful of exact strings derived from a
+//! configured list address. Source routes, `%` hacks, `!` paths, quoted local parts, address
+//! literals and trailing dots cannot match, so there is no way to turn the server into a relay.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest address we accept anywhere (RFC 5321 §4.5.3.1.3 path limit minus the brackets).
+pub const MAX_ADDRESS_LEN: usize = 254;
+/// Longest local part (RFC 5321 §4.5.3.1.1).
+pub const MAX_LOCAL_LEN: usize = 64;
+
+/// Why a string is not a valid list address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("address is empty")]
+    Empty,
+    #[error("address is longer than {MAX_ADDRESS_LEN} bytes")]
+    TooLong,
+    #[error("address must have exactly one '@'")]
+    NotOneAt,
+    #[error("local part must be 1 to {MAX_LOCAL_LEN} characters of a-z, 0-9, '.', '_' or '-'")]
+    BadLocal,
+    #[error("domain must be dot-separated labels of a-z, 0-9 and '-'")]
+    BadDomain,
+    #[error("local part must not end in a command suffix such as -request or -bounces")]
+    ReservedSuffix,
+}
+
+/// The command sub-addresses every list owns. A list's own local part may not end in one.
+const SUFFIXES: [&str; 5] = ["-request", "-join", "-leave", "-owner", "-bounces"];
+
+/// A validated, lower-cased list posting address such as `governance@lists.example.org`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListAddress(String);
+
+impl ListAddress {
+    /// Validate and normalise (lower-case) a list address.
+    pub fn parse(input: &str) -> Result<ListAddress, AddressError> {
+        let s = input.trim().to_ascii_lowercase();
+        if s.is_empty() {
+            return Err(AddressError::Empty);
+        }
+        if s.len() > MAX_ADDRESS_LEN {
+            return Err(AddressError::TooLong);
+        }
+        let mut it = s.split('@');
+        let (Some(local), Some(domain), None) = (it.next(), it.next(), it.next()) else {
+            return Err(AddressError::NotOneAt);
+        };
+        if local.is_empty()
+            || local.len() > MAX_LOCAL_LEN
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+            || !local
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        {
+            return Err(AddressError::BadLocal);
+        }
+        if SUFFIXES.iter().any(|suf| local.ends_with(suf)) {
+            return Err(AddressError::ReservedSuffix);
+        }
+        if !valid_domain(domain) {
+            return Err(AddressError::BadDomain);
+        }
+        Ok(ListAddress(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn local(&self) -> &str {
+        self.0.split('@').next().unwrap_or_default()
+    }
+
+    pub fn domain(&self) -> &str {
+        self.0.rsplit('@').next().unwrap_or_default()
+    }
+
+    /// Classify an envelope recipient against this list. `None` means "not ours".
+    ///
+    /// Comparison is case-insensitive on the whole address. The VERP form
+    /// `LIST-bounces+TOKEN@domain` keeps its token (lower-cased) for the bounce processor.
+    pub fn classify(&self, rcpt: &str) -> Option<RecipientKind> {
+        let rcpt = rcpt.to_ascii_lowercase();
+        let (local, domain) = rcpt.rsplit_once('@')?;
+        if domain != self.domain() {
+            return None;
+        }
+        let base = self.local();
+        if local == base {
+            return Some(RecipientKind::Post);
+        }
+        let rest = local.strip_prefix(base)?;
+        match rest {
+            "-request" => Some(RecipientKind::Request),
+            "-join" => Some(RecipientKind::Join),
+            "-leave" => Some(RecipientKind::Leave),
+            "-owner" => Some(RecipientKind::Owner),
+            "-bounces" => Some(RecipientKind::Bounces(String::new())),
+            _ => {
+                let token = rest.strip_prefix("-bounces+")?;
+                if token.is_empty()
+                    || !token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"=._-".contains(&b))
+                {
+                    return None;
+                }
+                Some(RecipientKind::Bounces(token.to_string()))
+            }
+        }
+    }
+}
+
+fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').count() >= 2
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+impl fmt::Display for ListAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ListAddress {
+    type Error = AddressError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        ListAddress::parse(&s)
+    }
+}
+
+impl From<ListAddress> for String {
+    fn from(a: ListAddress) -> String {
+        a.0
+    }
+}
+
+/// What an accepted envelope recipient is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientKind {
+    /// A post to the list, archived (and, with the list engine, delivered).
+    Post,
+    /// `LIST-request@`: commands in subject or body.
+    Request,
+    /// `LIST-join@`.
+    Join,
+    /// `LIST-leave@`.
+    Leave,
+    /// `LIST-owner@`: mail for the list owners.
+    Owner,
+    /// `LIST-bounces@` or the VERP form `LIST-bounces+TOKEN@`; the token (maybe empty).
+    Bounces(String),
+}
+
+impl RecipientKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RecipientKind::Post => "post",
+            RecipientKind::Request => "request",
+            RecipientKind::Join => "join",
+            RecipientKind::Leave => "leave",
+            RecipientKind::Owner => "owner",
+            RecipientKind::Bounces(_) => "bounces",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list() -> ListAddress {
+        ListAddress::parse("Gov@Lists.Example.org").expect("valid test address")
+    }
+
+    #[test]
+    fn parses_and_normalises() {
+        assert_eq!(list().as_str(), "gov@lists.example.org");
+        assert_eq!(list().local(), "gov");
+        assert_eq!(list().domain(), "lists.example.org");
+    }
+
+    #[test]
+    fn rejects_bad_list_addresses() {
+        for bad in [
+            "",
+            "nodomain",
+            "a@b@c.org",
+            "a@localhost",
+            "a b@x.org",
+            "\"q\"@x.org",
+            "a@-x.org",
+            "a@x..org",
+            ".a@x.org",
+            "a+b@x.org",
+            "x-request@x.org",
+            "x-bounces@x.org",
+        ] {
+            assert!(ListAddress::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        let long = format!("{}@x.org", "a".repeat(65));
+        assert_eq!(ListAddress::parse(&long), Err(AddressError::BadLocal));
+    }
+
+    #[test]
+    fn classifies_sub_addresses() {
+        let l = list();
+        assert_eq!(l.classify("GOV@lists.example.org"), Some(RecipientKind::Post));
+        assert_eq!(l.classify("gov-request@lists.example.org"), Some(RecipientKind::Request));
+        assert_eq!(l.classify("gov-join@lists.example.org"), Some(RecipientKind::Join));
+        assert_eq!(l.classify("gov-leave@lists.example.org"), Some(RecipientKind::Leave));
+        assert_eq!(l.classify("gov-owner@lists.example.org"), Some(RecipientKind::Owner));
+        assert_eq!(
+            l.classify("gov-bounces+bob=x.org@lists.example.org"),
+            Some(RecipientKind::Bounces("bob=x.org".into()))
+        );
+    }
+
+    #[test]
+    fn relay_tricks_never_classify() {
+        let l = list();
+        for rcpt in [
+            "v@other.test",
+            "v%other.test@lists.example.org",
+            "@lists.example.org:v@other.test",
+            "other.test!v@lists.example.org",
+            "\"v@other.test\"@lists.example.org",
+            "v@[192.0.2.1]",
+            "gov@lists.example.org.",
+            "gov@lists.example.org.other.test",
+            "gov-bounces+@lists.example.org",
+            "gov-bounces+a<b@lists.example.org",
+            "gov-other@lists.example.org",
+            "govx@lists.example.org",
+        ] {
+            assert_eq!(l.classify(rcpt), None, "{rcpt} must not be accepted");
+        }
+    }
+}

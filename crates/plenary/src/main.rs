@@ -1,0 +1,2 @@
+//! plenary
+fn main() {}
