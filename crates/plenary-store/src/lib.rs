@@ -1,1 +1,294 @@
-//! plenary-store
+//! The store: sled holds every raw message, its metadata, the lists and the work queues.
+//!
+//! This is the only crate that touches sled. The rest of the system sees [`Store`], a cheap
+//! clonable handle, and the plain records in [`records`].
+//!
+//! Durability (see ARCHITECTURE.md and SECURITY.md §d): sled 0.34 buffers writes in memory,
+//! its `flush()` uses `sync_file_range` (which does not persist the file size), and values
+//! over ~128 KiB go to blob files that are never fsynced. So:
+//! - raw messages are split into chunks of at most [`CHUNK_SIZE`] bytes, which keeps every
+//!   value in sled's main log and out of the blob path;
+//! - all writes for a message (chunks, metadata, Message-ID index, date index, thread links,
+//!   index queue) go into one multi-tree transaction;
+//! - one committer thread gathers the messages of every waiting session into a single
+//!   transaction, then calls `flush()` and `fsync`s the sled `db` file through its own file
+//!   handle (fsync covers the inode, so the size metadata too), and only then answers all
+//!   of them: this is the group commit that lets SMTP reply `250`.
+//! - after a sled I/O error every later call fails until the database is reopened, so the
+//!   store marks itself failed, answers every caller with [`StoreError::Failed`], and the
+//!   daemon exits to be restarted (fail-stop, never "retry and assume success").
+
+mod commit;
+mod keys;
+mod read;
+pub mod records;
+
+pub use commit::{IngestRequest, IngestTarget, TargetOutcome};
+pub use records::{InboxEntry, ListRecord, MonthCount, StoredMessage};
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Largest value we write for a piece of a raw message (well under sled's blob threshold).
+pub const CHUNK_SIZE: usize = 32 * 1024;
+
+/// Schema version written at creation; a mismatch refuses to open.
+const SCHEMA_VERSION: u64 = 1;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("the database at {path} is in use by another process (is `plenary serve` running?)")]
+    Locked { path: PathBuf },
+    #[error("cannot open the database at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("database at {path} has schema version {found}, this build expects {SCHEMA_VERSION}")]
+    Schema { path: PathBuf, found: u64 },
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("not enough free disk space (need {needed} bytes free, have {available})")]
+    DiskFull { needed: u64, available: u64 },
+    #[error("the store failed earlier and must be reopened")]
+    Failed,
+    #[error("a list with the address {0} already exists")]
+    ListExists(String),
+    #[error("corrupt record under key {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+impl StoreError {
+    /// True when the disk is full or below the configured reserve (SMTP `452 4.3.1`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull { .. } => true,
+            StoreError::Io { source, .. } => source.raw_os_error() == Some(28),
+            StoreError::Sled(sled::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Directory holding `sled/` (and, beside it, the search index).
+    pub data_dir: PathBuf,
+    /// Free bytes that must remain on the data filesystem after a commit.
+    pub min_free_bytes: u64,
+    /// Largest number of messages in one group commit.
+    pub max_batch: usize,
+}
+
+impl StoreSettings {
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreSettings {
+        StoreSettings {
+            data_dir: data_dir.into(),
+            min_free_bytes: 64 * 1024 * 1024,
+            max_batch: 512,
+        }
+    }
+}
+
+/// The trees of the database, each documented where it is named.
+#[derive(Clone)]
+pub(crate) struct Trees {
+    /// List address → [`ListRecord`] (JSON).
+    pub lists: sled::Tree,
+    /// List id (4 bytes BE) → list address.
+    pub list_ids: sled::Tree,
+    /// Blob id (8) + chunk number (4) → up to [`CHUNK_SIZE`] raw bytes.
+    pub blobs: sled::Tree,
+    /// [`MessageKey`](plenary_core::MessageKey) (12) → [`StoredMessage`] (JSON).
+    pub messages: sled::Tree,
+    /// List id (4) + Message-ID → sequence number (8): dedupe and permalinks.
+    pub msgid: sled::Tree,
+    /// List id (4) + date (8, sign-flipped BE) + seq (8) → (): month and recent listings.
+    pub by_date: sled::Tree,
+    /// List id (4) + parent Message-ID + 0x00 + seq (8) → (): thread links downwards.
+    pub children: sled::Tree,
+    /// List id (4) + year-month (4) → count (8): the month index of a list.
+    pub months: sled::Tree,
+    /// Global sequence (8) → [`InboxEntry`]: mail for command and owner addresses, kept for
+    /// the list engine.
+    pub inbox: sled::Tree,
+    /// MessageKey (12) → attempts (1): messages the search index has not committed yet.
+    pub index_queue: sled::Tree,
+    /// Schema version and other singletons.
+    pub meta: sled::Tree,
+}
+
+struct Inner {
+    db: sled::Db,
+    trees: Trees,
+    settings: StoreSettings,
+    db_file: File,
+    failed: Arc<AtomicBool>,
+    /// Sends work to the committer thread; dropping the last store handle stops it.
+    committer: commit::CommitterHandle,
+    /// Signalled after each durable commit that queued messages for the search index.
+    index_notify: Arc<tokio::sync::Notify>,
+}
+
+/// A handle on the store; clone it freely.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Open (or create) the store in `settings.data_dir/sled` and start the committer thread.
+    pub fn open(settings: StoreSettings) -> Result<Store, StoreError> {
+        let dir = settings.data_dir.join("sled");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        restrict_permissions(&settings.data_dir);
+        let db = sled::Config::new()
+            .path(&dir)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("lock") =>
+                {
+                    StoreError::Locked { path: dir.clone() }
+                }
+                _ => StoreError::Open { path: dir.clone(), source },
+            })?;
+        let t = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            lists: t("lists")?,
+            list_ids: t("list_ids")?,
+            blobs: t("blobs")?,
+            messages: t("messages")?,
+            msgid: t("msgid")?,
+            by_date: t("by_date")?,
+            children: t("children")?,
+            months: t("months")?,
+            inbox: t("inbox")?,
+            index_queue: t("index_queue")?,
+            meta: t("meta")?,
+        };
+        match trees.meta.get(b"schema")? {
+            None => {
+                trees.meta.insert(b"schema", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = keys::be_u64(&v).unwrap_or(0);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { path: dir, found });
+                }
+            }
+        }
+        let db_path = dir.join("db");
+        let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let index_notify = Arc::new(tokio::sync::Notify::new());
+        let committer = commit::CommitterHandle::start(commit::CommitCtx {
+            db: db.clone(),
+            trees: trees.clone(),
+            db_file: db_file.try_clone().map_err(|source| StoreError::Io {
+                path: dir.join("db"),
+                source,
+            })?,
+            failed: failed.clone(),
+            settings: settings.clone(),
+            index_notify: index_notify.clone(),
+        })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                trees,
+                settings,
+                db_file,
+                failed,
+                committer,
+                index_notify,
+            }),
+        })
+    }
+
+    pub(crate) fn trees(&self) -> &Trees {
+        &self.inner.trees
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.settings.data_dir
+    }
+
+    pub fn settings(&self) -> &StoreSettings {
+        &self.inner.settings
+    }
+
+    /// True after an unrecoverable sled error; the process should exit and be restarted.
+    pub fn has_failed(&self) -> bool {
+        self.inner.failed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_failed(&self) {
+        self.inner.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Make everything written so far durable: sled's flush, then fsync of its db file.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if self.has_failed() {
+            return Err(StoreError::Failed);
+        }
+        let r = commit::make_durable(&self.inner.db, &self.inner.db_file, &self.inner.settings);
+        if r.is_err() {
+            // sled's errors are sticky, ENOSPC included (SECURITY.md F-08): fail-stop.
+            self.mark_failed();
+        }
+        r
+    }
+
+    /// Free bytes on the data filesystem.
+    pub fn available_space(&self) -> Result<u64, StoreError> {
+        fs2::available_space(&self.inner.settings.data_dir).map_err(|source| StoreError::Io {
+            path: self.inner.settings.data_dir.clone(),
+            source,
+        })
+    }
+
+    /// Check that `extra` more bytes fit while keeping the configured reserve free.
+    pub fn check_space(&self, extra: u64) -> Result<(), StoreError> {
+        let available = self.available_space()?;
+        // sled roughly doubles what it is given (log + pages), so count writes twice.
+        let needed = self.inner.settings.min_free_bytes.saturating_add(extra.saturating_mul(2));
+        if available < needed {
+            return Err(StoreError::DiskFull { needed, available });
+        }
+        Ok(())
+    }
+
+    /// Signalled whenever newly committed messages wait for the search index.
+    pub fn index_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.index_notify.clone()
+    }
+
+    pub(crate) fn committer(&self) -> &commit::CommitterHandle {
+        &self.inner.committer
+    }
+
+}
+
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // The store holds unredacted mail: only the daemon's user may read it (CVE-2002-0389).
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot restrict data directory to mode 0700");
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &Path) {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,366 @@
+//! The group committer: one thread that turns waiting ingests into one durable transaction.
+//!
+//! Why one thread: sled serialises writers anyway, per-list sequence numbers and Message-ID
+//! dedupe need a single writer to be race-free, and one `flush()` + `fsync` per batch
+//! instead of per message is what makes durable ingest fast under many concurrent sessions.
+//! Callers wait on a oneshot channel; nobody gets an answer before the batch is on disk.
+
+use crate::keys;
+use crate::records::{InboxEntry, StoredMessage};
+use crate::{StoreError, StoreSettings, Trees, CHUNK_SIZE};
+use chrono::Datelike;
+use plenary_core::{ListId, MessageKey, MessageMeta, Origin, RecipientKind};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use sled::Batch;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// One message to store, for one or more targets (lists or their command addresses).
+#[derive(Clone)]
+pub struct IngestRequest {
+    pub raw: Vec<u8>,
+    pub meta: MessageMeta,
+    pub origin: Origin,
+    pub envelope_from: String,
+    pub targets: Vec<IngestTarget>,
+    /// Unix seconds.
+    pub received_at: i64,
+}
+
+/// Where a message goes: a list and which of its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestTarget {
+    pub list: ListId,
+    pub kind: RecipientKind,
+}
+
+/// What happened for one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetOutcome {
+    /// Newly archived under this key.
+    Archived(MessageKey),
+    /// The list already had this Message-ID; nothing was written.
+    Duplicate(MessageKey),
+    /// Kept in the inbox for the list engine (command/owner/bounce addresses).
+    Inbox(u64),
+}
+
+type Reply = oneshot::Sender<Result<Vec<TargetOutcome>, StoreError>>;
+
+struct Job {
+    req: IngestRequest,
+    reply: Reply,
+}
+
+pub(crate) struct CommitCtx {
+    pub db: sled::Db,
+    pub trees: Trees,
+    pub db_file: File,
+    pub failed: Arc<AtomicBool>,
+    pub settings: StoreSettings,
+    pub index_notify: Arc<tokio::sync::Notify>,
+}
+
+pub(crate) struct CommitterHandle {
+    tx: mpsc::Sender<Job>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl CommitterHandle {
+    pub fn start(ctx: CommitCtx) -> Result<CommitterHandle, StoreError> {
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        let thread = std::thread::Builder::new()
+            .name("plenary-commit".into())
+            .spawn(move || run(ctx, rx))
+            .map_err(|source| StoreError::Io { path: "committer thread".into(), source })?;
+        Ok(CommitterHandle { tx, thread: Mutex::new(Some(thread)) })
+    }
+}
+
+impl Drop for CommitterHandle {
+    fn drop(&mut self) {
+        // The sender is dropped with `self`; wait for the thread so sled is released.
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        let (dead_tx, _) = mpsc::channel(1);
+        self.tx = dead_tx;
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl crate::Store {
+    /// Store a message durably. Resolves only after the batch holding it is on disk.
+    pub async fn ingest(&self, req: IngestRequest) -> Result<Vec<TargetOutcome>, StoreError> {
+        if self.has_failed() {
+            return Err(StoreError::Failed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.committer()
+            .tx
+            .send(Job { req, reply })
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+}
+
+/// sled flush, then fsync of the db file (covers the file size that `sync_file_range` skips).
+pub(crate) fn make_durable(db: &sled::Db, file: &File, settings: &StoreSettings) -> Result<(), StoreError> {
+    db.flush()?;
+    file.sync_all().map_err(|source| StoreError::Io {
+        path: settings.data_dir.join("sled/db"),
+        source,
+    })
+}
+
+#[derive(Clone, Default)]
+struct Counters {
+    next_blob: Option<u64>,
+    next_inbox: Option<u64>,
+    next_seq: HashMap<ListId, u64>,
+}
+
+fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
+    let mut counters = Counters::default();
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let mut bytes = jobs[0].req.raw.len() as u64;
+        while jobs.len() < ctx.settings.max_batch && bytes < 64 * 1024 * 1024 {
+            match rx.try_recv() {
+                Ok(j) => {
+                    bytes += j.req.raw.len() as u64;
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(&ctx, &mut counters, &jobs, bytes);
+        match result {
+            Ok((outcomes, queued_for_index)) => {
+                for (job, out) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(out));
+                }
+                if queued_for_index {
+                    ctx.index_notify.notify_one();
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let disk_full = e.is_disk_full();
+                let failed = ctx.failed.load(Ordering::SeqCst);
+                if !matches!(e, StoreError::DiskFull { .. } | StoreError::Failed) {
+                    tracing::error!(error = %msg, "group commit failed; store is now failed");
+                }
+                for job in jobs {
+                    let err = if disk_full && !failed {
+                        StoreError::DiskFull { needed: 0, available: 0 }
+                    } else if let StoreError::DiskFull { needed, available } = e {
+                        StoreError::DiskFull { needed, available }
+                    } else {
+                        StoreError::Failed
+                    };
+                    let _ = job.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+fn next_seq(trees: &Trees, counters: &mut Counters, list: ListId) -> Result<u64, StoreError> {
+    if let Some(n) = counters.next_seq.get_mut(&list) {
+        let v = *n;
+        *n += 1;
+        return Ok(v);
+    }
+    let last = match trees.messages.scan_prefix(list.0.to_be_bytes()).next_back() {
+        Some(kv) => {
+            let (k, _) = kv?;
+            MessageKey::from_bytes(&k).map(|k| k.seq).unwrap_or(0)
+        }
+        None => 0,
+    };
+    counters.next_seq.insert(list, last + 2);
+    Ok(last + 1)
+}
+
+fn next_from_last(tree: &sled::Tree, slot: &mut Option<u64>) -> Result<u64, StoreError> {
+    let v = match *slot {
+        Some(v) => v,
+        None => match tree.last()? {
+            Some((k, _)) => keys::be_u64(&k).unwrap_or(0) + 1,
+            None => 1,
+        },
+    };
+    *slot = Some(v + 1);
+    Ok(v)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serialising our own plain records cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+#[allow(clippy::type_complexity)]
+fn commit_batch(
+    ctx: &CommitCtx,
+    counters: &mut Counters,
+    jobs: &[Job],
+    bytes: u64,
+) -> Result<(Vec<Vec<TargetOutcome>>, bool), StoreError> {
+    if ctx.failed.load(Ordering::SeqCst) {
+        return Err(StoreError::Failed);
+    }
+    let available = fs2::available_space(&ctx.settings.data_dir).map_err(|source| StoreError::Io {
+        path: ctx.settings.data_dir.clone(),
+        source,
+    })?;
+    let needed = ctx.settings.min_free_bytes.saturating_add(bytes.saturating_mul(2));
+    if available < needed {
+        return Err(StoreError::DiskFull { needed, available });
+    }
+
+    let t = &ctx.trees;
+    let mut c = counters.clone();
+    let (mut blobs, mut messages, mut msgid, mut by_date, mut children, mut inbox, mut index_q) = (
+        Batch::default(),
+        Batch::default(),
+        Batch::default(),
+        Batch::default(),
+        Batch::default(),
+        Batch::default(),
+        Batch::default(),
+    );
+    let mut month_delta: HashMap<[u8; 8], u64> = HashMap::new();
+    let mut seen: HashMap<(ListId, String), MessageKey> = HashMap::new();
+    let mut all = Vec::with_capacity(jobs.len());
+    let mut queued_for_index = false;
+
+    for job in jobs {
+        let req = &job.req;
+        let mut outcomes = Vec::with_capacity(req.targets.len());
+        let mut blob: Option<(u64, u32)> = None;
+        let mut blob_id = |c: &mut Counters| -> Result<(u64, u32), StoreError> {
+            if let Some(b) = blob {
+                return Ok(b);
+            }
+            let id = next_from_last(&t.blobs, &mut c.next_blob)?;
+            let mut n = 0u32;
+            for chunk in req.raw.chunks(CHUNK_SIZE) {
+                blobs.insert(&keys::blob_chunk(id, n), chunk);
+                n += 1;
+            }
+            blob = Some((id, n));
+            Ok((id, n))
+        };
+        let mut done_lists: HashSet<ListId> = HashSet::new();
+        for target in &req.targets {
+            match &target.kind {
+                RecipientKind::Post => {
+                    if !done_lists.insert(target.list) {
+                        continue;
+                    }
+                    let id = &req.meta.message_id;
+                    let mkey = keys::msgid(target.list, id);
+                    if let Some(k) = seen.get(&(target.list, id.clone())) {
+                        outcomes.push(TargetOutcome::Duplicate(*k));
+                        continue;
+                    }
+                    if let Some(v) = t.msgid.get(&mkey)? {
+                        let seq = keys::be_u64(&v).unwrap_or(0);
+                        outcomes.push(TargetOutcome::Duplicate(MessageKey { list: target.list, seq }));
+                        continue;
+                    }
+                    let (blob_no, chunks) = blob_id(&mut c)?;
+                    let key = MessageKey { list: target.list, seq: next_seq(t, &mut c, target.list)? };
+                    let stored = StoredMessage {
+                        key,
+                        blob: blob_no,
+                        chunks,
+                        meta: req.meta.clone(),
+                        origin: req.origin,
+                        received_at: req.received_at,
+                    };
+                    messages.insert(&key.to_bytes(), json(&stored));
+                    msgid.insert(mkey, &key.seq.to_be_bytes());
+                    seen.insert((target.list, id.clone()), key);
+                    if !req.meta.no_archive {
+                        by_date.insert(&keys::by_date(key, req.meta.date), &[]);
+                        let mut parents: Vec<&str> = req.meta.parents().collect();
+                        parents.sort_unstable();
+                        parents.dedup();
+                        for p in parents {
+                            children.insert(keys::children(target.list, p, key.seq), &[]);
+                        }
+                        let dt = chrono::DateTime::from_timestamp(req.meta.date, 0).unwrap_or_default();
+                        *month_delta.entry(keys::month(target.list, dt.year(), dt.month())).or_default() += 1;
+                        index_q.insert(&key.to_bytes(), &[0u8]);
+                        queued_for_index = true;
+                    }
+                    outcomes.push(TargetOutcome::Archived(key));
+                }
+                other => {
+                    let (blob_no, chunks) = blob_id(&mut c)?;
+                    let n = next_from_last(&t.inbox, &mut c.next_inbox)?;
+                    let entry = InboxEntry {
+                        list: target.list,
+                        kind: other.clone(),
+                        blob: blob_no,
+                        chunks,
+                        envelope_from: req.envelope_from.clone(),
+                        received_at: req.received_at,
+                    };
+                    inbox.insert(&n.to_be_bytes(), json(&entry));
+                    outcomes.push(TargetOutcome::Inbox(n));
+                }
+            }
+        }
+        all.push(outcomes);
+    }
+
+    let mut months = Batch::default();
+    for (k, delta) in month_delta {
+        let cur = t.months.get(k)?.and_then(|v| keys::be_u64(&v)).unwrap_or(0);
+        months.insert(&k, &(cur + delta).to_be_bytes());
+    }
+
+    let r: Result<(), TransactionError<()>> = (
+        &t.blobs,
+        &t.messages,
+        &t.msgid,
+        &t.by_date,
+        &t.children,
+        &t.months,
+        &t.inbox,
+        &t.index_queue,
+    )
+        .transaction(|(tb, tm, ti, td, tc, tmo, tin, tq)| {
+            tb.apply_batch(&blobs)?;
+            tm.apply_batch(&messages)?;
+            ti.apply_batch(&msgid)?;
+            td.apply_batch(&by_date)?;
+            tc.apply_batch(&children)?;
+            tmo.apply_batch(&months)?;
+            tin.apply_batch(&inbox)?;
+            tq.apply_batch(&index_q)?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+    let r = r.map_err(|e| match e {
+        TransactionError::Storage(e) => StoreError::Sled(e),
+        TransactionError::Abort(()) => StoreError::Failed,
+    });
+    if let Err(e) = r {
+        ctx.failed.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
+    if let Err(e) = make_durable(&ctx.db, &ctx.db_file, &ctx.settings) {
+        ctx.failed.store(true, Ordering::SeqCst);
+        return Err(e);
+    }
+    *counters = c;
+    Ok((all, queued_for_index))
+}

@@ -1,0 +1,245 @@
+//! Lists and reads. Reads never go through the committer: sled gives consistent point reads
+//! and ordered range scans on its own.
+
+use crate::keys;
+use crate::records::{ListRecord, MonthCount, StoredMessage};
+use crate::{Store, StoreError};
+use plenary_core::{ListAddress, ListId, MessageKey};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { key: key.to_string(), reason: e.to_string() }
+}
+
+impl Store {
+    /// Create a list. Fails if the address is taken.
+    pub fn create_list(&self, address: &ListAddress, name: &str, description: &str) -> Result<ListRecord, StoreError> {
+        let t = self.trees();
+        let now = chrono::Utc::now().timestamp();
+        let r = (&t.lists, &t.list_ids, &t.meta).transaction(|(lists, ids, meta)| {
+            if lists.get(address.as_str())?.is_some() {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            let next = meta.get(b"next_list_id")?.and_then(|v| keys::be_u32(&v)).unwrap_or(1);
+            meta.insert(b"next_list_id", &(next + 1).to_be_bytes())?;
+            let rec = ListRecord {
+                id: ListId(next),
+                address: address.clone(),
+                name: name.to_string(),
+                description: description.to_string(),
+                created: now,
+            };
+            lists.insert(address.as_str(), serde_json::to_vec(&rec).unwrap_or_default())?;
+            ids.insert(&next.to_be_bytes(), address.as_str())?;
+            Ok(rec)
+        });
+        let rec = r.map_err(|e| match e {
+            TransactionError::Abort(()) => StoreError::ListExists(address.to_string()),
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })?;
+        self.sync()?;
+        Ok(rec)
+    }
+
+    /// All lists, ordered by address.
+    pub fn lists(&self) -> Result<Vec<ListRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().lists.iter() {
+            let (k, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt(String::from_utf8_lossy(&k), e))?);
+        }
+        Ok(out)
+    }
+
+    /// The list with this (already normalised) address.
+    pub fn list(&self, address: &str) -> Result<Option<ListRecord>, StoreError> {
+        match self.trees().lists.get(address.to_ascii_lowercase())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| corrupt(address, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_by_id(&self, id: ListId) -> Result<Option<ListRecord>, StoreError> {
+        match self.trees().list_ids.get(id.0.to_be_bytes())? {
+            Some(addr) => self.list(&String::from_utf8_lossy(&addr)),
+            None => Ok(None),
+        }
+    }
+
+    /// Metadata of one message.
+    pub fn message(&self, key: MessageKey) -> Result<Option<StoredMessage>, StoreError> {
+        match self.trees().messages.get(key.to_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| corrupt(key, e))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw bytes of a stored message, reassembled from its chunks.
+    pub fn raw(&self, msg: &StoredMessage) -> Result<Vec<u8>, StoreError> {
+        self.blob(msg.blob, msg.chunks, msg.meta.size as usize)
+    }
+
+    pub(crate) fn blob(&self, blob: u64, chunks: u32, size_hint: usize) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(size_hint);
+        let mut n = 0u32;
+        for kv in self.trees().blobs.scan_prefix(blob.to_be_bytes()) {
+            let (_, v) = kv?;
+            out.extend_from_slice(&v);
+            n += 1;
+        }
+        if n != chunks {
+            return Err(corrupt(format!("blob {blob}"), format!("expected {chunks} chunks, found {n}")));
+        }
+        Ok(out)
+    }
+
+    /// Find a message of a list by Message-ID (without angle brackets).
+    pub fn find(&self, list: ListId, message_id: &str) -> Result<Option<MessageKey>, StoreError> {
+        Ok(self
+            .trees()
+            .msgid
+            .get(keys::msgid(list, message_id))?
+            .and_then(|v| keys::be_u64(&v))
+            .map(|seq| MessageKey { list, seq }))
+    }
+
+    /// Newest archived messages of a list, newest first, with their dates.
+    pub fn recent(&self, list: ListId, limit: usize) -> Result<Vec<(MessageKey, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().by_date.scan_prefix(list.0.to_be_bytes()).rev().take(limit) {
+            let (k, _) = kv?;
+            out.extend(keys::by_date_decode(&k));
+        }
+        Ok(out)
+    }
+
+    /// Archived messages of a list dated in `[from, to)`, oldest first.
+    pub fn between(&self, list: ListId, from: i64, to: i64, limit: usize) -> Result<Vec<(MessageKey, i64)>, StoreError> {
+        let lo = keys::by_date(MessageKey { list, seq: 0 }, from);
+        let hi = keys::by_date(MessageKey { list, seq: 0 }, to);
+        let mut out = Vec::new();
+        for kv in self.trees().by_date.range(lo..hi).take(limit) {
+            let (k, _) = kv?;
+            out.extend(keys::by_date_decode(&k));
+        }
+        Ok(out)
+    }
+
+    /// Months that have archived messages, newest first.
+    pub fn months(&self, list: ListId) -> Result<Vec<MonthCount>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().months.scan_prefix(list.0.to_be_bytes()).rev() {
+            let (k, v) = kv?;
+            let ym = keys::be_u32(&k[4..]).unwrap_or(0);
+            out.push(MonthCount {
+                year: (ym / 100) as i32,
+                month: ym % 100,
+                count: keys::be_u64(&v).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of archived (public-eligible) messages of a list.
+    pub fn archived_count(&self, list: ListId) -> Result<u64, StoreError> {
+        Ok(self.months(list)?.iter().map(|m| m.count).sum())
+    }
+
+    /// Messages of a list that name `parent` in In-Reply-To or References.
+    pub fn children(&self, list: ListId, parent: &str) -> Result<Vec<MessageKey>, StoreError> {
+        let prefix = keys::children_prefix(list, parent);
+        let mut out = Vec::new();
+        for kv in self.trees().children.scan_prefix(&prefix).take(10_000) {
+            let (k, _) = kv?;
+            if let Some(seq) = keys::be_u64(&k[prefix.len()..]) {
+                out.push(MessageKey { list, seq });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored message, in key order (for index rebuilds and checks).
+    pub fn all_messages(&self) -> impl Iterator<Item = Result<StoredMessage, StoreError>> + '_ {
+        self.trees().messages.iter().map(|kv| {
+            let (k, v) = kv?;
+            serde_json::from_slice(&v).map_err(|e| corrupt(format!("{k:?}"), e))
+        })
+    }
+
+    /// Number of entries in the inbox (mail for command addresses awaiting the list engine).
+    pub fn inbox_len(&self) -> usize {
+        self.trees().inbox.len()
+    }
+
+    // ---- search index queue -------------------------------------------------------------
+
+    /// Up to `limit` messages waiting for the search index, with how often indexing was tried.
+    pub fn index_pending(&self, limit: usize) -> Result<Vec<(MessageKey, u8)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().index_queue.iter().take(limit) {
+            let (k, v) = kv?;
+            if let Some(key) = MessageKey::from_bytes(&k) {
+                out.push((key, v.first().copied().unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of messages waiting for the search index.
+    pub fn index_pending_len(&self) -> usize {
+        self.trees().index_queue.len()
+    }
+
+    /// Record (durably) that indexing of these keys is being attempted, so a message that
+    /// crashes the indexer is recognised after the restart instead of crashing it again.
+    pub fn index_attempt(&self, keys_: &[MessageKey]) -> Result<(), StoreError> {
+        let q = &self.trees().index_queue;
+        for k in keys_ {
+            let kb = k.to_bytes();
+            if let Some(v) = q.get(kb)? {
+                let n = v.first().copied().unwrap_or(0).saturating_add(1);
+                q.insert(kb, &[n])?;
+            }
+        }
+        self.sync()
+    }
+
+    /// Remove keys from the index queue after the index committed them.
+    pub fn index_done(&self, keys_: &[MessageKey]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for k in keys_ {
+            b.remove(&k.to_bytes());
+        }
+        self.trees().index_queue.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Put every archived message back on the index queue (for `plenary index rebuild`).
+    pub fn index_requeue_all(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        let mut b = sled::Batch::default();
+        for m in self.all_messages() {
+            let m = m?;
+            if m.meta.no_archive {
+                continue;
+            }
+            b.insert(&m.key.to_bytes(), &[0u8]);
+            n += 1;
+        }
+        self.trees().index_queue.apply_batch(b)?;
+        self.sync()?;
+        self.index_notify().notify_one();
+        Ok(n)
+    }
+
+    /// Total archived messages in every list.
+    pub fn archived_total(&self) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self.trees().months.iter() {
+            let (_, v) = kv?;
+            n += keys::be_u64(&v).unwrap_or(0);
+        }
+        Ok(n)
+    }
+}
