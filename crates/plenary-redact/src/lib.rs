@@ -1,1 +1,417 @@
-//! plenary-redact
+//! The privacy-redaction layer: the one way to turn a stored message into something public.
+//!
+//! Every public output (pages, the JSON API, the raw view, search snippets and the text that
+//! goes into the search index) is built from a [`PublicMessage`] or a [`PublicSummary`], and
+//! those types have private fields and no public constructor: the only way to get one is
+//! [`redact`] or [`summarize`]. So no page can forget to redact, and nothing this layer
+//! hides can leak by another path.
+//!
+//! What it does by default:
+//! - e-mail addresses in headers, display names, subjects and bodies are obfuscated
+//!   (`ada@example.org` becomes `a…@e…`), also in the `user at host.tld` form pipermail
+//!   archives use; the list's own addresses stay readable (they are public anyway);
+//! - only an allowlist of headers is ever shown, so trace headers (`Received`,
+//!   `X-Originating-IP`, `Return-Path`, …) never are;
+//! - a message with `X-No-Archive: yes` or `Archive: no` yields `None`: it is not public.
+//!
+//! Message-IDs are kept: they are the permalink keys, as in public-inbox.
+
+use mail_parser::{Address, MessageParser, MimeHeaders};
+use plenary_core::{MessageKey, MessageMeta};
+use regex::Regex;
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+/// Longest body text we render or index; the rest is cut with a note.
+pub const MAX_BODY_CHARS: usize = 1_000_000;
+
+/// Per-list redaction settings.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub obfuscate_addresses: bool,
+    /// Addresses shown as they are (lower-case), e.g. the list's own addresses.
+    pub allow: Vec<String>,
+}
+
+impl Policy {
+    /// The default policy for a list: obfuscate everything but the list's own addresses.
+    pub fn for_list(list_address: &str) -> Policy {
+        let (local, domain) = list_address.rsplit_once('@').unwrap_or((list_address, ""));
+        let mut allow = vec![list_address.to_ascii_lowercase()];
+        for suffix in ["-request", "-join", "-leave", "-owner"] {
+            allow.push(format!("{local}{suffix}@{domain}").to_ascii_lowercase());
+        }
+        Policy { obfuscate_addresses: true, allow }
+    }
+}
+
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+static AT_FORM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9._%+-]+ at [a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b")
+        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+
+fn first_char(s: &str) -> &str {
+    s.char_indices().nth(1).map(|(i, _)| &s[..i]).unwrap_or(s)
+}
+
+/// Obfuscate every address in `text` that the policy does not allow.
+pub fn redact_text<'a>(text: &'a str, policy: &Policy) -> Cow<'a, str> {
+    if !policy.obfuscate_addresses || (!text.contains('@') && !text.contains(" at ")) {
+        return Cow::Borrowed(text);
+    }
+    let step = EMAIL.replace_all(text, |c: &regex::Captures<'_>| {
+        let m = &c[0];
+        if policy.allow.iter().any(|a| a.eq_ignore_ascii_case(m)) {
+            return m.to_string();
+        }
+        let (local, domain) = m.rsplit_once('@').unwrap_or((m, ""));
+        format!("{}…@{}…", first_char(local), first_char(domain))
+    });
+    let out = AT_FORM.replace_all(&step, |c: &regex::Captures<'_>| {
+        let m = &c[0];
+        let (local, domain) = m.split_once(" at ").unwrap_or((m, ""));
+        let joined = format!("{local}@{domain}");
+        if policy.allow.iter().any(|a| a.eq_ignore_ascii_case(&joined)) {
+            return m.to_string();
+        }
+        format!("{}… at {}…", first_char(local), first_char(domain))
+    });
+    Cow::Owned(out.into_owned())
+}
+
+/// An attachment as the public may see it: name, type and size only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublicAttachment {
+    name: String,
+    content_type: String,
+    size: u64,
+}
+
+impl PublicAttachment {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// The listing form of a message: no body, built from metadata alone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublicSummary {
+    #[serde(skip)]
+    key: MessageKey,
+    message_id: String,
+    subject: String,
+    author: String,
+    date: i64,
+    parent: Option<String>,
+}
+
+impl PublicSummary {
+    pub fn key(&self) -> MessageKey {
+        self.key
+    }
+    pub fn message_id(&self) -> &str {
+        &self.message_id
+    }
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// Display name, or the obfuscated address when there is no name.
+    pub fn author(&self) -> &str {
+        &self.author
+    }
+    pub fn date(&self) -> i64 {
+        self.date
+    }
+    /// The nearest parent Message-ID, if the message is a reply.
+    pub fn parent(&self) -> Option<&str> {
+        self.parent.as_deref()
+    }
+}
+
+/// A message as the public may see it. Built only by [`redact`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublicMessage {
+    #[serde(flatten)]
+    summary: PublicSummary,
+    /// Obfuscated author address, if any.
+    author_address: Option<String>,
+    references: Vec<String>,
+    /// Allowlisted headers, decoded and redacted, in message order.
+    headers: Vec<(String, String)>,
+    body: String,
+    attachments: Vec<PublicAttachment>,
+    /// True when the message is shown as raw text because it was not parsed.
+    unparsed: bool,
+}
+
+impl PublicMessage {
+    pub fn summary(&self) -> &PublicSummary {
+        &self.summary
+    }
+    pub fn key(&self) -> MessageKey {
+        self.summary.key
+    }
+    pub fn message_id(&self) -> &str {
+        &self.summary.message_id
+    }
+    pub fn subject(&self) -> &str {
+        &self.summary.subject
+    }
+    pub fn author(&self) -> &str {
+        &self.summary.author
+    }
+    pub fn author_address(&self) -> Option<&str> {
+        self.author_address.as_deref()
+    }
+    pub fn date(&self) -> i64 {
+        self.summary.date
+    }
+    pub fn parent(&self) -> Option<&str> {
+        self.summary.parent.as_deref()
+    }
+    pub fn references(&self) -> &[String] {
+        &self.references
+    }
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+    pub fn attachments(&self) -> &[PublicAttachment] {
+        &self.attachments
+    }
+    pub fn unparsed(&self) -> bool {
+        self.unparsed
+    }
+
+    /// The redacted "raw" form: allowlisted headers, a blank line, the text body.
+    pub fn to_raw_text(&self) -> String {
+        let mut out = String::with_capacity(self.body.len() + 512);
+        for (name, value) in &self.headers {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push('\n');
+        }
+        for a in &self.attachments {
+            out.push_str(&format!("X-Plenary-Attachment: {} ({}, {} bytes)\n", a.name, a.content_type, a.size));
+        }
+        out.push('\n');
+        out.push_str(&self.body);
+        if !self.body.ends_with('\n') {
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn author(meta: &MessageMeta, policy: &Policy) -> (String, Option<String>) {
+    let addr = meta.from_addr.as_deref().map(|a| redact_text(a, policy).into_owned());
+    let name = meta
+        .from_name
+        .as_deref()
+        .map(|n| redact_text(n, policy).into_owned())
+        .filter(|n| !n.trim().is_empty());
+    let shown = name.or_else(|| addr.clone()).unwrap_or_else(|| "(unknown sender)".to_string());
+    (shown, addr)
+}
+
+/// The listing form of a message, or `None` if it must not be public.
+pub fn summarize(key: MessageKey, meta: &MessageMeta, policy: &Policy) -> Option<PublicSummary> {
+    if meta.no_archive {
+        return None;
+    }
+    let (author, _) = author(meta, policy);
+    let subject = if meta.subject.is_empty() { "(no subject)".to_string() } else { redact_text(&meta.subject, policy).into_owned() };
+    Some(PublicSummary {
+        key,
+        message_id: meta.message_id.clone(),
+        subject,
+        author,
+        date: meta.date,
+        parent: meta.parents().next().map(str::to_string),
+    })
+}
+
+fn address_list(a: &Address<'_>, policy: &Policy) -> String {
+    a.iter()
+        .map(|addr| {
+            let email = addr.address().map(|e| redact_text(e, policy).into_owned());
+            match (addr.name().map(|n| redact_text(n, policy).into_owned()), email) {
+                (Some(n), Some(e)) => format!("{n} <{e}>"),
+                (Some(n), None) => n,
+                (None, Some(e)) => e,
+                (None, None) => String::new(),
+            }
+        })
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cap(mut s: String) -> String {
+    if s.len() > MAX_BODY_CHARS {
+        let mut cut = MAX_BODY_CHARS;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("\n[… message truncated in the archive view …]\n");
+    }
+    s
+}
+
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// The public form of a stored message, or `None` if it must not be public.
+///
+/// `raw` must be a message that passed the structural pre-scan at ingest (messages that did
+/// not carry `meta.unparsed` and are shown as escaped text without being parsed).
+pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) -> Option<PublicMessage> {
+    let summary = summarize(key, meta, policy)?;
+    let (_, author_address) = author(meta, policy);
+    let ids = |v: &[String]| v.iter().map(|i| format!("<{i}>")).collect::<Vec<_>>().join(" ");
+    let mut headers = Vec::new();
+    let body;
+    let mut attachments = Vec::new();
+    let parsed = if meta.unparsed.is_some() { None } else { MessageParser::default().parse(raw) };
+    match &parsed {
+        Some(msg) => {
+            if let Some(a) = msg.from() {
+                headers.push(("From".to_string(), one_line(&address_list(a, policy))));
+            }
+            if let Some(a) = msg.to() {
+                headers.push(("To".to_string(), one_line(&address_list(a, policy))));
+            }
+            if let Some(a) = msg.cc() {
+                headers.push(("Cc".to_string(), one_line(&address_list(a, policy))));
+            }
+            headers.push(("Subject".to_string(), summary.subject.clone()));
+            let date = chrono::DateTime::from_timestamp(meta.date, 0).unwrap_or_default();
+            headers.push(("Date".to_string(), date.to_rfc2822()));
+            headers.push(("Message-ID".to_string(), format!("<{}>", meta.message_id)));
+            if !meta.in_reply_to.is_empty() {
+                headers.push(("In-Reply-To".to_string(), ids(&meta.in_reply_to)));
+            }
+            if !meta.references.is_empty() {
+                headers.push(("References".to_string(), ids(&meta.references)));
+            }
+            let texts: Vec<String> = (0..msg.text_body_count())
+                .filter_map(|i| msg.body_text(i))
+                .map(|t| t.into_owned())
+                .collect();
+            body = texts.join("\n\n");
+            for part in msg.attachments() {
+                let name = part.attachment_name().map(one_line).unwrap_or_else(|| "(unnamed)".to_string());
+                let content_type = part
+                    .content_type()
+                    .map(|ct| match ct.subtype() {
+                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                        None => ct.ctype().to_string(),
+                    })
+                    .unwrap_or_else(|| "application/octet-stream".to_string());
+                attachments.push(PublicAttachment {
+                    name: redact_text(&name, policy).into_owned(),
+                    content_type: one_line(&content_type).to_ascii_lowercase(),
+                    size: part.len() as u64,
+                });
+            }
+        }
+        None => {
+            // Not parsed: show the bytes as text (the web layer escapes them), minus trace
+            // headers: keep only the body after the first blank line.
+            let text = String::from_utf8_lossy(raw);
+            let body_start = text.find("\r\n\r\n").map(|i| i + 4).or_else(|| text.find("\n\n").map(|i| i + 2)).unwrap_or(0);
+            body = text[body_start..].to_string();
+            headers.push(("Subject".to_string(), summary.subject.clone()));
+            headers.push(("Message-ID".to_string(), format!("<{}>", meta.message_id)));
+        }
+    }
+    let body = cap(redact_text(&body, policy).into_owned());
+    Some(PublicMessage {
+        summary,
+        author_address,
+        references: meta.references.clone(),
+        headers,
+        body,
+        attachments,
+        unparsed: parsed.is_none(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plenary_core::meta::Fallback;
+    use plenary_core::ListId;
+
+    const KEY: MessageKey = MessageKey { list: ListId(1), seq: 1 };
+
+    fn policy() -> Policy {
+        Policy::for_list("gov@lists.example.org")
+    }
+
+    fn meta(raw: &[u8]) -> MessageMeta {
+        MessageMeta::extract(raw, Fallback { envelope_date: None, received_at: 1_800_000_000 })
+    }
+
+    #[test]
+    fn obfuscates_addresses_but_not_the_list() {
+        let t = redact_text("write to ada.lovelace@example.org or gov@lists.example.org, or bob at twistedmatrix.com", &policy());
+        assert!(!t.contains("ada.lovelace@example.org"));
+        assert!(!t.contains("bob at twistedmatrix.com"));
+        assert!(t.contains("a…@e…"));
+        assert!(t.contains("b… at t…"));
+        assert!(t.contains("gov@lists.example.org"));
+    }
+
+    #[test]
+    fn page_has_no_address_no_trace_headers() {
+        let raw = b"Received: from secret.host ([192.0.2.7])\r\nX-Originating-IP: 192.0.2.7\r\nFrom: Ada <ada@example.org>\r\nTo: gov@lists.example.org\r\nSubject: mail me at ada@example.org\r\nMessage-ID: <m@x>\r\nDate: Tue, 1 Jul 2025 10:00:00 +0000\r\n\r\nReach me: ada@example.org\r\n";
+        let m = redact(KEY, &meta(raw), raw, &policy()).expect("public");
+        let all = format!("{}{:?}{}{}", m.to_raw_text(), m.headers(), m.subject(), m.author());
+        assert!(!all.contains("ada@example.org"), "{all}");
+        assert!(!all.contains("192.0.2.7"));
+        assert!(!all.contains("secret.host"));
+        assert_eq!(m.author(), "Ada");
+        assert!(m.body().contains("Reach me: a…@e…"));
+        assert!(all.contains("gov@lists.example.org"));
+    }
+
+    #[test]
+    fn no_archive_is_never_public() {
+        let raw = b"X-No-Archive: yes\r\nFrom: a@b.org\r\n\r\nsecret";
+        assert!(redact(KEY, &meta(raw), raw, &policy()).is_none());
+        assert!(summarize(KEY, &meta(raw), &policy()).is_none());
+    }
+
+    #[test]
+    fn html_only_mail_becomes_text() {
+        let raw = b"Content-Type: text/html\r\n\r\n<p>Hello <b>world</b><script>alert(1)</script></p>";
+        let m = redact(KEY, &meta(raw), raw, &policy()).expect("public");
+        assert!(m.body().contains("Hello"));
+        assert!(!m.body().contains("<b>"));
+    }
+
+    #[test]
+    fn attachments_are_listed_with_redacted_names() {
+        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee file\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"cv-ada@example.org.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nSGVsbG8=\r\n--b--\r\n";
+        let m = redact(KEY, &meta(raw), raw, &policy()).expect("public");
+        assert_eq!(m.attachments().len(), 1);
+        assert_eq!(m.attachments()[0].content_type(), "application/pdf");
+        assert!(!m.attachments()[0].name().contains("ada@example.org"));
+    }
+}
