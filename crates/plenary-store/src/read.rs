@@ -243,3 +243,15 @@ impl Store {
         Ok(n)
     }
 }
+
+impl Store {
+    /// Give up on indexing a message that crashed the indexer: drop it from the queue and
+    /// remember it, so a restart does not crash again (it stays stored and readable).
+    pub fn index_quarantine(&self, key: MessageKey) -> Result<(), StoreError> {
+        let mut k = b"index_quarantine/".to_vec();
+        k.extend_from_slice(&key.to_bytes());
+        self.trees().meta.insert(k, &[1u8])?;
+        self.trees().index_queue.remove(key.to_bytes())?;
+        self.sync()
+    }
+}
