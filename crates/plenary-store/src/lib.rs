@@ -21,10 +21,12 @@
 mod commit;
 mod keys;
 mod read;
+mod threads;
 pub mod records;
 
 pub use commit::{IngestRequest, IngestTarget, TargetOutcome};
 pub use records::{InboxEntry, ListRecord, MonthCount, StoredMessage};
+pub use threads::MAX_THREAD;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

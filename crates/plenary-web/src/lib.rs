@@ -1,1 +1,89 @@
-//! plenary-web
+//! The public archive: HTML pages, the JSON read API and search, over axum.
+//!
+//! [`router`] is a function from state to a `Router`, so tests drive it with `oneshot` and the
+//! binary only binds and serves. Handlers read the store but render only
+//! [`plenary_redact::PublicMessage`] and [`plenary_redact::PublicSummary`] values, which
+//! only the redaction crate can build. Every response carries a strict
+//! Content-Security-Policy; templates are autoescaped, and message bodies are shown as text.
+
+mod error;
+mod pages;
+mod templates;
+mod urls;
+
+pub use error::WebError;
+pub use templates::Templates;
+
+use axum::http::{header, HeaderValue};
+use axum::routing::get;
+use axum::Router;
+use plenary_index::SearchIndex;
+use plenary_store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Settings of the web layer, resolved from the config file.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// Public base URL, for permalinks (no trailing slash).
+    pub base_url: String,
+    pub site_name: String,
+    /// A directory whose files override the built-in templates and CSS.
+    pub templates_dir: Option<PathBuf>,
+    /// Results per search page.
+    pub page_size: usize,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        WebSettings {
+            base_url: "http://127.0.0.1:8080".into(),
+            site_name: "Plenary archives".into(),
+            templates_dir: None,
+            page_size: 20,
+        }
+    }
+}
+
+/// Shared state of the web layer.
+pub struct AppState {
+    pub store: Store,
+    pub search: SearchIndex,
+    pub templates: Templates,
+    pub settings: WebSettings,
+}
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Build the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    use axum::middleware::map_response;
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/healthz", get(pages::healthz))
+        .route("/static/style.css", get(pages::style))
+        .route("/search", get(pages::search))
+        .route("/lists/{list}", get(pages::list_redirect))
+        .route("/lists/{list}/", get(pages::list))
+        .route("/lists/{list}/{year}/{month}/", get(pages::month))
+        .route("/lists/{list}/m/{mid}/", get(pages::message))
+        .route("/lists/{list}/m/{mid}/raw", get(pages::raw))
+        .route("/lists/{list}/t/{mid}/", get(pages::thread))
+        .route("/api/v1/lists", get(pages::api_lists))
+        .route("/api/v1/lists/{list}/messages", get(pages::api_messages))
+        .route("/api/v1/lists/{list}/messages/{mid}", get(pages::api_message))
+        .route("/api/v1/search", get(pages::api_search))
+        .fallback(pages::not_found)
+        .layer(map_response(|mut res: axum::response::Response| async move {
+            let h = res.headers_mut();
+            h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            res
+        }))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;
