@@ -269,6 +269,11 @@ impl Store {
         Ok(())
     }
 
+    /// Final flush at shutdown. The committer thread stops when the last handle is dropped.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
+
     /// Signalled whenever newly committed messages wait for the search index.
     pub fn index_notify(&self) -> Arc<tokio::sync::Notify> {
         self.inner.index_notify.clone()

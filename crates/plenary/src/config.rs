@@ -1,0 +1,334 @@
+//! Configuration: one TOML file, read in two stages (raw TOML, then validated settings).
+//!
+//! Every key is read through [`Reader`], which records a problem instead of stopping at the
+//! first one, so a bad file gets a single report naming every bad and every unknown key.
+//! With no file at all the embedded defaults apply: data in `./data`, SMTP on
+//! `127.0.0.1:2525`, web on `http://127.0.0.1:8080`. `config/plenary.toml` documents every
+//! key with its default, and a test checks it against [`KEYS`] so it cannot go stale.
+
+use plenary_core::MimeLimits;
+use plenary_index::{IndexerSettings, QueryLimits};
+use plenary_smtp::SmtpSettings;
+use plenary_store::StoreSettings;
+use plenary_web::WebSettings;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every key the file may contain, as `section.key`.
+pub const KEYS: &[&str] = &[
+    "data.dir",
+    "data.min_free_mb",
+    "smtp.listen",
+    "smtp.lmtp_listen",
+    "smtp.hostname",
+    "smtp.max_message_size",
+    "smtp.max_recipients",
+    "smtp.max_line_length",
+    "smtp.max_command_line",
+    "smtp.command_timeout_secs",
+    "smtp.data_timeout_secs",
+    "smtp.session_timeout_secs",
+    "smtp.max_connections",
+    "smtp.max_connections_per_ip",
+    "smtp.max_errors",
+    "smtp.max_received_headers",
+    "smtp.greeting_delay_ms",
+    "smtp.tls_cert",
+    "smtp.tls_key",
+    "limits.max_header_bytes",
+    "limits.max_header_fields",
+    "limits.max_mime_depth",
+    "limits.max_mime_parts",
+    "web.listen",
+    "web.base_url",
+    "web.site_name",
+    "web.templates_dir",
+    "web.page_size",
+    "search.max_query_bytes",
+    "search.max_query_depth",
+    "search.max_query_terms",
+    "search.max_page_size",
+    "search.max_offset",
+    "search.commit_delay_ms",
+    "admin.socket",
+    "log.level",
+];
+
+/// Validated settings for every component.
+#[derive(Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub store: StoreSettings,
+    pub smtp: SmtpSettings,
+    pub smtp_listen: SocketAddr,
+    pub lmtp_listen: Option<SocketAddr>,
+    pub web: WebSettings,
+    pub web_listen: SocketAddr,
+    pub query: QueryLimits,
+    pub indexer: IndexerSettings,
+    pub admin_socket: PathBuf,
+    pub log_level: String,
+}
+
+struct Reader<'a> {
+    root: &'a toml::Table,
+    errors: Vec<String>,
+    seen: BTreeSet<String>,
+}
+
+impl<'a> Reader<'a> {
+    fn get(&mut self, key: &str) -> Option<&'a toml::Value> {
+        self.seen.insert(key.to_string());
+        let (section, name) = key.split_once('.')?;
+        self.root.get(section)?.as_table()?.get(name)
+    }
+
+    fn string(&mut self, key: &str, default: &str) -> String {
+        match self.get(key) {
+            None => default.to_string(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(v) => {
+                self.errors.push(format!("{key}: expected a string, found {}", v.type_str()));
+                default.to_string()
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Integer(i)) if *i >= min as i64 && (*i as u64) <= max => *i as u64,
+            Some(toml::Value::Integer(i)) => {
+                self.errors.push(format!("{key}: {i} is out of range ({min} to {max})"));
+                default
+            }
+            Some(v) => {
+                self.errors.push(format!("{key}: expected an integer, found {}", v.type_str()));
+                default
+            }
+        }
+    }
+
+    fn socket(&mut self, key: &str, default: &str) -> Option<SocketAddr> {
+        let s = self.string(key, default);
+        if s.is_empty() {
+            return None;
+        }
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.errors.push(format!("{key}: {s:?} is not an address like 127.0.0.1:2525"));
+                None
+            }
+        }
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+impl Config {
+    /// Load from a file, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        let table = match path {
+            None => toml::Table::new(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
+                text.parse::<toml::Table>().map_err(|e| format!("config file {} is not valid TOML: {e}", p.display()))?
+            }
+        };
+        Config::from_table(&table)
+    }
+
+    /// Resolve a parsed table. Relative paths are relative to the working directory.
+    pub fn from_table(table: &toml::Table) -> Result<Config, String> {
+        let mut r = Reader { root: table, errors: Vec::new(), seen: BTreeSet::new() };
+        let rel = PathBuf::from;
+        let data_dir = rel(r.string("data.dir", "./data"));
+        let mut store = StoreSettings::new(&data_dir);
+        store.min_free_bytes = r.int("data.min_free_mb", 64, 0, 1 << 30) * 1024 * 1024;
+
+        let defaults = SmtpSettings::default();
+        let smtp_listen = r.socket("smtp.listen", "127.0.0.1:2525");
+        let lmtp_listen = r.socket("smtp.lmtp_listen", "");
+        let mime = MimeLimits {
+            max_header_bytes: r.int("limits.max_header_bytes", 256 * 1024, 1024, 64 << 20) as usize,
+            max_header_fields: r.int("limits.max_header_fields", 1000, 10, 1_000_000) as usize,
+            max_depth: r.int("limits.max_mime_depth", 32, 1, 100) as usize,
+            max_parts: r.int("limits.max_mime_parts", 500, 1, 100_000) as usize,
+        };
+        let tls_cert = r.string("smtp.tls_cert", "");
+        let tls_key = r.string("smtp.tls_key", "");
+        let tls = match (tls_cert.is_empty(), tls_key.is_empty()) {
+            (true, true) => None,
+            (false, false) => match plenary_smtp::load_tls(&rel(tls_cert), &rel(tls_key)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    r.errors.push(format!("smtp.tls_cert/smtp.tls_key: {e}"));
+                    None
+                }
+            },
+            _ => {
+                r.errors.push("smtp.tls_cert and smtp.tls_key must be set together".into());
+                None
+            }
+        };
+        let smtp = SmtpSettings {
+            hostname: r.string("smtp.hostname", "localhost"),
+            max_message_size: r.int("smtp.max_message_size", defaults.max_message_size as u64, 1024, 1 << 31) as usize,
+            max_recipients: r.int("smtp.max_recipients", 100, 1, 100_000) as usize,
+            max_line_length: r.int("smtp.max_line_length", 1000, 78, 1 << 20) as usize,
+            max_command_line: r.int("smtp.max_command_line", 2048, 512, 1 << 16) as usize,
+            command_timeout: secs(r.int("smtp.command_timeout_secs", 300, 1, 86_400)),
+            data_timeout: secs(r.int("smtp.data_timeout_secs", 600, 1, 86_400)),
+            session_timeout: secs(r.int("smtp.session_timeout_secs", 600, 1, 86_400)),
+            max_connections: r.int("smtp.max_connections", 500, 1, 1_000_000) as usize,
+            max_connections_per_ip: r.int("smtp.max_connections_per_ip", 10, 1, 1_000_000) as usize,
+            max_errors: r.int("smtp.max_errors", 10, 1, 10_000) as usize,
+            max_received_headers: r.int("smtp.max_received_headers", 30, 1, 1000) as usize,
+            greeting_delay: Duration::from_millis(r.int("smtp.greeting_delay_ms", 0, 0, 60_000)),
+            mime,
+            tls,
+        };
+        let web_listen = r.socket("web.listen", "127.0.0.1:8080");
+        let base_default = format!("http://{}", web_listen.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:8080".into()));
+        let base_url = r.string("web.base_url", &base_default).trim_end_matches('/').to_string();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            r.errors.push(format!("web.base_url: {base_url:?} must start with http:// or https://"));
+        }
+        let templates_dir = Some(r.string("web.templates_dir", "")).filter(|s| !s.is_empty()).map(rel);
+        if let Some(d) = &templates_dir {
+            if !d.is_dir() {
+                r.errors.push(format!("web.templates_dir: {} is not a directory", d.display()));
+            }
+        }
+        let web = WebSettings {
+            base_url,
+            site_name: r.string("web.site_name", "Plenary archives"),
+            templates_dir,
+            page_size: r.int("web.page_size", 20, 1, 100) as usize,
+        };
+        let query = QueryLimits {
+            max_bytes: r.int("search.max_query_bytes", 512, 16, 4096) as usize,
+            max_depth: r.int("search.max_query_depth", 8, 1, 32) as usize,
+            max_terms: r.int("search.max_query_terms", 64, 1, 1024) as usize,
+            max_page_size: r.int("search.max_page_size", 100, 1, 1000) as usize,
+            max_offset: r.int("search.max_offset", 10_000, 0, 1_000_000) as usize,
+        };
+        let indexer = IndexerSettings {
+            commit_delay: Duration::from_millis(r.int("search.commit_delay_ms", 200, 0, 60_000)),
+            ..IndexerSettings::default()
+        };
+        let admin_socket = Some(r.string("admin.socket", "")).filter(|s| !s.is_empty()).map(rel).unwrap_or_else(|| data_dir.join("admin.sock"));
+        let log_level = r.string("log.level", "info");
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            r.errors.push(format!("log.level: {log_level:?} is not one of error, warn, info, debug, trace"));
+        }
+        // Unknown sections and keys.
+        for (section, v) in table {
+            match v.as_table() {
+                Some(t) => {
+                    for k in t.keys() {
+                        let full = format!("{section}.{k}");
+                        if !KEYS.contains(&full.as_str()) {
+                            r.errors.push(format!("{full}: unknown key"));
+                        }
+                    }
+                }
+                None => r.errors.push(format!("{section}: unknown top-level key (keys live in sections such as [smtp])")),
+            }
+        }
+        debug_assert!(r.seen.iter().all(|k| KEYS.contains(&k.as_str())), "KEYS is missing a key the reader uses");
+        let (Some(smtp_listen), Some(web_listen)) = (smtp_listen, web_listen) else {
+            if r.errors.is_empty() {
+                r.errors.push("smtp.listen and web.listen must not be empty".into());
+            }
+            return Err(report(&r.errors));
+        };
+        if !r.errors.is_empty() {
+            return Err(report(&r.errors));
+        }
+        Ok(Config { data_dir, store, smtp, smtp_listen, lmtp_listen, web, web_listen, query, indexer, admin_socket, log_level })
+    }
+}
+
+fn report(errors: &[String]) -> String {
+    let mut s = format!("the configuration has {} problem{}:", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    for e in errors {
+        s.push_str("\n  - ");
+        s.push_str(e);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> toml::Table {
+        let text = include_str!("../../../config/plenary.toml");
+        text.parse().expect("config/plenary.toml is valid TOML")
+    }
+
+    #[test]
+    fn example_file_documents_every_key_with_its_default() {
+        let t = example();
+        let mut found = BTreeSet::new();
+        for (section, v) in &t {
+            for k in v.as_table().expect("sections only").keys() {
+                found.insert(format!("{section}.{k}"));
+            }
+        }
+        let expected: BTreeSet<String> = KEYS.iter().map(|k| k.to_string()).collect();
+        assert_eq!(found, expected, "config/plenary.toml and KEYS differ");
+        // Loading it must give exactly the embedded defaults.
+        let from_file = Config::from_table(&t).expect("example loads");
+        let defaults = Config::load(None).expect("defaults");
+        assert_eq!(from_file.smtp_listen, defaults.smtp_listen);
+        assert_eq!(from_file.web_listen, defaults.web_listen);
+        assert_eq!(from_file.data_dir, defaults.data_dir);
+        assert_eq!(from_file.web.base_url, defaults.web.base_url);
+        assert_eq!(from_file.smtp.max_message_size, defaults.smtp.max_message_size);
+        assert_eq!(from_file.smtp.mime, defaults.smtp.mime);
+        assert_eq!(from_file.query, defaults.query);
+        assert_eq!(from_file.store.min_free_bytes, defaults.store.min_free_bytes);
+        assert_eq!(from_file.admin_socket, defaults.admin_socket);
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.smtp_listen.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.web_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.web.base_url, "http://127.0.0.1:8080");
+        assert!(c.lmtp_listen.is_none());
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let t: toml::Table = r#"
+            bogus = 1
+            [smtp]
+            listen = "not an address"
+            max_recipients = 0
+            colour = "blue"
+            [web]
+            page_size = "ten"
+            [nope]
+            x = 1
+            [log]
+            level = "loud"
+        "#
+        .parse()
+        .expect("toml");
+        let err = Config::from_table(&t).err().expect("must fail");
+        for needle in ["bogus", "smtp.listen", "smtp.max_recipients", "smtp.colour: unknown key", "web.page_size", "nope.x: unknown key", "log.level"] {
+            assert!(err.contains(needle), "report misses {needle}: {err}");
+        }
+        assert!(err.starts_with("the configuration has 7 problems"), "{err}");
+    }
+}

@@ -1,0 +1,341 @@
+//! `plenary import`: archives in, without delivery.
+//!
+//! Formats: mbox (mboxo and mboxrd; a message starts at every line beginning with `From `,
+//! exactly as Python's `mailbox.mbox` splits, and one level of `>From ` quoting is removed),
+//! Mailman 2 pipermail monthly `.txt` / `.txt.gz` files (which are mbox), maildir
+//! directories (`cur/` and `new/`), and single `.eml` files. Input is streamed message by
+//! message, so a large mbox never sits in memory whole.
+//!
+//! Every message goes through the same path as SMTP mail (pre-scan, metadata, group commit),
+//! so it is deduplicated by Message-ID per list and durable when counted. Nothing is dropped
+//! silently: a message over a structural limit is stored raw (counted as repaired, shown as
+//! text), broken dates and missing Message-IDs are repaired, and a message that cannot be
+//! stored at all is listed with its reason.
+
+use plenary_core::meta::Fallback;
+use plenary_core::{mime, ListId, MessageMeta, MimeLimits, Origin, RecipientKind};
+use plenary_store::{IngestRequest, IngestTarget, Store, TargetOutcome};
+use regex::Regex;
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+use tokio::sync::{mpsc, Semaphore};
+
+/// How many messages may wait for the committer at once.
+const IN_FLIGHT: usize = 1024;
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    pub processed: u64,
+    pub imported: u64,
+    pub duplicates: u64,
+    pub repaired: u64,
+    pub rejected: u64,
+    /// The first rejections, as "where: why".
+    pub rejections: Vec<String>,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} messages read: {} imported, {} duplicates, {} repaired, {} rejected",
+            self.processed, self.imported, self.duplicates, self.repaired, self.rejected
+        )?;
+        for r in &self.rejections {
+            write!(f, "\n  rejected {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Limits applied to imported messages.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimits {
+    pub max_message_size: usize,
+    pub mime: MimeLimits,
+}
+
+static FROM_DATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(\d{1,2})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\s+[A-Z]{3,4}|\s+[+-]\d{4})?\s+(\d{4})")
+        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+
+/// The date on an mbox `From ` line (asctime format, taken as UTC).
+pub fn separator_date(line: &str) -> Option<i64> {
+    let c = FROM_DATE.captures(line)?;
+    let s = format!("{} {} {} {}:{}:{} {}", &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]);
+    chrono::NaiveDateTime::parse_from_str(&s, "%a %b %d %H:%M:%S %Y").ok().map(|d| d.and_utc().timestamp())
+}
+
+/// One message found in a source, before it is stored.
+struct Found {
+    raw: Vec<u8>,
+    envelope_date: Option<i64>,
+    location: String,
+}
+
+fn open_maybe_gz(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
+    let f = std::fs::File::open(path)?;
+    let mut peek = BufReader::new(f);
+    let gz = peek.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz { Box::new(flate2::read::MultiGzDecoder::new(peek)) } else { Box::new(peek) })
+}
+
+/// Split an mbox stream into messages, calling `emit` for each.
+fn read_mbox(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> std::io::Result<()> {
+    let mut r = BufReader::with_capacity(256 * 1024, open_maybe_gz(path)?);
+    let mut line = Vec::with_capacity(1024);
+    let mut cur: Option<Found> = None;
+    let mut n = 0u64;
+    let mut lineno = 0u64;
+    loop {
+        line.clear();
+        let got = r.read_until(b'\n', &mut line)?;
+        if got == 0 {
+            break;
+        }
+        lineno += 1;
+        if line.starts_with(b"From ") {
+            if let Some(mut m) = cur.take() {
+                trim_separator_blank(&mut m.raw);
+                if !emit(m) {
+                    return Ok(());
+                }
+            }
+            n += 1;
+            cur = Some(Found {
+                raw: Vec::new(),
+                envelope_date: separator_date(&String::from_utf8_lossy(&line)),
+                location: format!("{} message {n} (line {lineno})", path.display()),
+            });
+            continue;
+        }
+        let m = cur.get_or_insert_with(|| {
+            n += 1;
+            Found { raw: Vec::new(), envelope_date: None, location: format!("{} message {n} (line {lineno})", path.display()) }
+        });
+        // mboxrd: ">From " and ">>From " lose one '>'; mboxo's ">From " is restored too.
+        let gt = line.iter().take_while(|&&b| b == b'>').count();
+        if gt > 0 && line[gt..].starts_with(b"From ") {
+            m.raw.extend_from_slice(&line[1..]);
+        } else {
+            m.raw.extend_from_slice(&line);
+        }
+    }
+    if let Some(mut m) = cur.take() {
+        trim_separator_blank(&mut m.raw);
+        emit(m);
+    }
+    Ok(())
+}
+
+/// The blank line before the next `From ` belongs to the mbox format, not the message.
+fn trim_separator_blank(raw: &mut Vec<u8>) {
+    if raw.ends_with(b"\r\n\r\n") {
+        raw.truncate(raw.len() - 2);
+    } else if raw.ends_with(b"\n\n") {
+        raw.truncate(raw.len() - 1);
+    }
+}
+
+fn read_maildir(dir: &Path, emit: &mut dyn FnMut(Found) -> bool) -> std::io::Result<()> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for sub in ["cur", "new"] {
+        let d = dir.join(sub);
+        if !d.is_dir() {
+            continue;
+        }
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_file() && !p.file_name().and_then(|n| n.to_str()).unwrap_or(".").starts_with('.') {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for p in files {
+        let mut raw = Vec::new();
+        open_maybe_gz(&p)?.read_to_end(&mut raw)?;
+        if !emit(Found { raw, envelope_date: None, location: p.display().to_string() }) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Read every message of `path` (any supported format).
+fn read_source(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> Result<(), String> {
+    let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    if path.is_dir() {
+        if !(path.join("cur").is_dir() || path.join("new").is_dir()) {
+            return Err(format!("{} is a directory but not a maildir (no cur/ or new/)", path.display()));
+        }
+        return read_maildir(path, emit).map_err(err);
+    }
+    let mut head = [0u8; 5];
+    let n = {
+        let mut r = open_maybe_gz(path).map_err(err)?;
+        let mut got = 0;
+        while got < 5 {
+            match r.read(&mut head[got..]).map_err(err)? {
+                0 => break,
+                k => got += k,
+            }
+        }
+        got
+    };
+    if n == 5 && &head == b"From " {
+        read_mbox(path, emit).map_err(err)
+    } else if n == 0 {
+        Err(format!("{} is empty", path.display()))
+    } else {
+        // A single message (.eml).
+        let mut raw = Vec::new();
+        open_maybe_gz(path).map_err(err)?.read_to_end(&mut raw).map_err(err)?;
+        emit(Found { raw, envelope_date: None, location: path.display().to_string() });
+        Ok(())
+    }
+}
+
+/// Import `paths` into `list`. Progress lines go to `progress`.
+pub async fn import(
+    store: Store,
+    list: ListId,
+    paths: Vec<PathBuf>,
+    limits: ImportLimits,
+    progress: mpsc::UnboundedSender<String>,
+) -> Result<Summary, String> {
+    for p in &paths {
+        if !p.exists() {
+            return Err(format!("{} does not exist", p.display()));
+        }
+    }
+    let summary = Arc::new(Mutex::new(Summary::default()));
+    let rt = tokio::runtime::Handle::current();
+    let s2 = summary.clone();
+    let store2 = store.clone();
+    let sem = Arc::new(Semaphore::new(IN_FLIGHT));
+    let sem2 = sem.clone();
+    let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let failure2 = failure.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let lock = |s: &Arc<Mutex<Summary>>| s.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for path in paths {
+            let _ = progress.send(format!("reading {}", path.display()));
+            let mut emit = |found: Found| -> bool {
+                if failure2.lock().map(|f| f.is_some()).unwrap_or(true) {
+                    return false;
+                }
+                let processed = {
+                    let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
+                    s.processed += 1;
+                    s.processed
+                };
+                if processed % 5000 == 0 {
+                    let s = lock(&s2);
+                    let _ = progress.send(format!("{} read, {} imported, {} duplicates", s.processed, s.imported, s.duplicates));
+                }
+                let reject = |why: String| {
+                    let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
+                    s.rejected += 1;
+                    if s.rejections.len() < 100 {
+                        s.rejections.push(format!("{}: {why}", found.location));
+                    }
+                };
+                if found.raw.iter().all(|b| b.is_ascii_whitespace()) {
+                    reject("empty message".into());
+                    return true;
+                }
+                if found.raw.len() > limits.max_message_size {
+                    reject(format!("larger than the {} byte limit", limits.max_message_size));
+                    return true;
+                }
+                let now = chrono::Utc::now().timestamp();
+                let fb = Fallback { envelope_date: found.envelope_date, received_at: now };
+                let meta = match mime::scan(&found.raw, &limits.mime) {
+                    Ok(_) => MessageMeta::extract(&found.raw, fb),
+                    Err(e) => MessageMeta::unparsed(&found.raw, fb, &e.to_string()),
+                };
+                let repaired = meta.generated_id || meta.date_repaired || meta.unparsed.is_some();
+                let req = IngestRequest {
+                    raw: found.raw,
+                    meta,
+                    origin: Origin::Import,
+                    envelope_from: String::new(),
+                    targets: vec![IngestTarget { list, kind: RecipientKind::Post }],
+                    received_at: now,
+                };
+                let Ok(permit) = rt.block_on(sem2.clone().acquire_owned()) else { return false };
+                let store = store2.clone();
+                let s3 = s2.clone();
+                let f3 = failure2.clone();
+                rt.spawn(async move {
+                    let r = store.ingest(req).await;
+                    let mut s = s3.lock().unwrap_or_else(|p| p.into_inner());
+                    match r {
+                        Ok(out) => match out.first() {
+                            Some(TargetOutcome::Duplicate(_)) => s.duplicates += 1,
+                            _ => {
+                                s.imported += 1;
+                                if repaired {
+                                    s.repaired += 1;
+                                }
+                            }
+                        },
+                        Err(e) => {
+                            if let Ok(mut f) = f3.lock() {
+                                f.get_or_insert_with(|| format!("the store refused a message: {e}"));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+                true
+            };
+            read_source(&path, &mut emit)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("import task failed: {e}"))??;
+    // Wait for every ingest still in flight.
+    let _all = sem.acquire_many(IN_FLIGHT as u32).await.map_err(|e| format!("import: {e}"))?;
+    if let Some(f) = failure.lock().ok().and_then(|f| f.clone()) {
+        return Err(format!("{f}; {}", summary.lock().map(|s| s.to_string()).unwrap_or_default()));
+    }
+    let s = summary.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separator_dates() {
+        assert_eq!(separator_date("From glyph at twistedmatrix.com  Thu Jun 10 12:00:00 1999"), Some(929_016_000));
+        assert_eq!(separator_date("From mboxrd@z Thu Jan  1 00:00:00 1970"), Some(0));
+        assert_eq!(separator_date("From x@y Sat Jan  3 01:05:34 +0000 2004"), Some(1_073_091_934));
+        assert_eq!(separator_date("From nobody"), None);
+    }
+
+    #[test]
+    fn mbox_split_and_unquote() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.mbox");
+        std::fs::write(&p, b"From a@b Thu Jun 10 12:00:00 1999\nSubject: one\n\n>From the start\n>>From deeper\n\nFrom c@d Fri Jun 11 12:00:00 1999\nSubject: two\n\nbody\n").expect("write");
+        let mut got = Vec::new();
+        read_source(&p, &mut |f| {
+            got.push(f);
+            true
+        })
+        .expect("read");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].raw, b"Subject: one\n\nFrom the start\n>From deeper\n");
+        assert_eq!(got[1].raw, b"Subject: two\n\nbody\n");
+        assert_eq!(got[1].envelope_date, Some(929_102_400));
+    }
+}

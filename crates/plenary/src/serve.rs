@@ -1,0 +1,154 @@
+//! `plenary serve`: every part in one process and one tokio runtime.
+//!
+//! Start-up order: open the store (taking sled's lock), seed the demo if asked, open the
+//! search index (re-queueing the store if the index is new, of another schema, or out of
+//! step), start the indexer thread, bind SMTP/LMTP/web, start the admin socket. Shutdown
+//! (SIGINT/SIGTERM): stop accepting, let sessions reach a safe point (421), let the web
+//! server drain, commit the index batch in hand, flush the store.
+
+use crate::admin;
+use crate::config::Config;
+use anyhow::Context as _;
+use plenary_index::{Indexer, SearchIndex};
+use plenary_smtp::session::Context;
+use plenary_smtp::Protocol;
+use plenary_store::Store;
+use plenary_web::{AppState, Templates};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Exit code when the store failed and the daemon must be restarted (EX_TEMPFAIL).
+const EXIT_STORE_FAILED: i32 = 75;
+
+pub fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Defence in depth: parsers get room even though inputs are pre-scanned.
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(config, demo))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let store = Store::open(config.store.clone()).context("cannot open the store")?;
+    if demo {
+        crate::demo::seed(&store, &config).await.map_err(|e| anyhow::anyhow!("cannot seed the demo list: {e}"))?;
+    }
+    let index_dir = config.data_dir.join("index");
+    let (search, created) = SearchIndex::open(&index_dir, config.query).context("cannot open the search index")?;
+    let archived = store.archived_total().context("cannot count archived messages")?;
+    if created || (store.index_pending_len() == 0 && search.num_docs() != archived) {
+        let n = store.index_requeue_all().context("cannot queue messages for indexing")?;
+        tracing::info!(messages = n, "building the search index from the store");
+    }
+    let stop_indexer = Arc::new(AtomicBool::new(false));
+    let indexer = Indexer::new(store.clone(), search.clone(), config.indexer.clone()).context("cannot start the indexer")?;
+    let indexer_thread = {
+        let stop = stop_indexer.clone();
+        let wake = store.index_notify();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("plenary-index".into())
+            .stack_size(64 * 1024 * 1024)
+            .spawn(move || indexer.run(stop, wake, handle))
+            .context("cannot start the indexer thread")?
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(Context { settings: config.smtp.clone(), store: store.clone(), shutdown: shutdown_rx.clone() });
+    let smtp = TcpListener::bind(config.smtp_listen).await.with_context(|| format!("cannot listen for SMTP on {}", config.smtp_listen))?;
+    let smtp_addr = smtp.local_addr()?;
+    let lmtp = match config.lmtp_listen {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen for LMTP on {a}"))?),
+        None => None,
+    };
+    let web = TcpListener::bind(config.web_listen).await.with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
+    let web_addr = web.local_addr()?;
+    let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let state = Arc::new(AppState { store: store.clone(), search: search.clone(), templates, settings: config.web.clone() });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(plenary_smtp::serve(smtp, Protocol::Smtp, ctx.clone()));
+    let mut lmtp_addr = None;
+    if let Some(l) = lmtp {
+        lmtp_addr = l.local_addr().ok();
+        tasks.spawn(plenary_smtp::serve(l, Protocol::Lmtp, ctx.clone()));
+    }
+    {
+        let mut rx = shutdown_rx.clone();
+        let app = plenary_web::router(state);
+        tasks.spawn(async move {
+            let graceful = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if let Err(e) = axum::serve(web, app).with_graceful_shutdown(graceful).await {
+                tracing::error!(error = %e, "web server failed");
+            }
+        });
+    }
+    let admin_task = tokio::spawn(admin::serve(config.admin_socket.clone(), store.clone(), config.clone()));
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if store.has_failed() {
+                    // sled errors are sticky: exit so the supervisor restarts us on a fresh
+                    // handle. Nothing acknowledged is lost: no 250 was sent for the failed batch.
+                    eprintln!("plenary: the store failed (see the log above); exiting so the service manager restarts the daemon");
+                    std::process::exit(EXIT_STORE_FAILED);
+                }
+            }
+        });
+    }
+
+    // One machine-readable line, then the human one.
+    println!(
+        "plenary: listening smtp={smtp_addr}{} web=http://{web_addr}/ data={}",
+        lmtp_addr.map(|a| format!(" lmtp={a}")).unwrap_or_default(),
+        config.data_dir.display()
+    );
+    println!("Open http://{web_addr}/ in a browser; send mail to a list address via SMTP at {smtp_addr}.");
+    let _ = std::io::stdout().flush();
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    admin_task.abort();
+    stop_indexer.store(true, Ordering::SeqCst);
+    store.index_notify().notify_one();
+    let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+    store.close().context("final flush of the store failed")?;
+    let _ = std::fs::remove_file(&config.admin_socket);
+    tracing::info!("stopped");
+    Ok(())
+}
