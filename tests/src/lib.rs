@@ -1,1 +1,320 @@
-//! End-to-end tests that drive the real plenary binary.
+//! Harness for end-to-end tests: the real `plenary` binary on free ports with a temp data
+//! directory, driven over real sockets.
+//!
+//! The binary is built once per test process with `cargo build -p plenary` (a no-op when it
+//! is up to date), because a test crate cannot depend on another package's binary.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `../shared/corpora` beside the repository, if present.
+pub fn corpora() -> Option<PathBuf> {
+    let p = workspace().parent()?.join("shared/corpora");
+    p.is_dir().then_some(p)
+}
+
+/// Path of the built `plenary` binary.
+pub fn binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "plenary", "--bin", "plenary"])
+            .current_dir(workspace())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo build: {e}"));
+        assert!(status.success(), "cargo build -p plenary failed");
+        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+        target.join("debug/plenary")
+    })
+    .clone()
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub smtp: SocketAddr,
+    pub lmtp: Option<SocketAddr>,
+    pub web: SocketAddr,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start a daemon whose data lives under `root`. `extra` is appended to the config file
+    /// (whole sections: `[smtp]` keys are merged by writing the section once, see below).
+    pub fn start(root: &Path, smtp_extra: &str, other: &str) -> Daemon {
+        let config = root.join("plenary.toml");
+        let data = root.join("data");
+        let text = format!(
+            "[data]\ndir = \"{}\"\nmin_free_mb = 0\n\n[smtp]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 200\n{smtp_extra}\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n[search]\ncommit_delay_ms = 20\n\n{other}\n",
+            data.display()
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("write config: {e}"));
+        let mut d = Daemon { child: None, root: root.to_path_buf(), config, smtp: ([0, 0, 0, 0], 0).into(), lmtp: None, web: ([0, 0, 0, 0], 0).into(), log: root.join("daemon.log") };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap_or_else(|e| panic!("log: {e}"));
+        let mut child = Command::new(binary())
+            .args(["--config", &self.config.to_string_lossy(), "serve"])
+            .current_dir(&self.root)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start plenary: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.starts_with("plenary: listening") {
+                    let _ = tx.send(line.clone());
+                }
+                line.clear();
+            }
+        });
+        self.child = Some(child);
+        let line = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(l) => l,
+            Err(_) => panic!("daemon did not start; log:\n{}", self.log_text()),
+        };
+        for word in line.split_whitespace() {
+            if let Some(v) = word.strip_prefix("smtp=") {
+                self.smtp = v.parse().unwrap_or_else(|e| panic!("smtp addr {v}: {e}"));
+            } else if let Some(v) = word.strip_prefix("lmtp=") {
+                self.lmtp = Some(v.parse().unwrap_or_else(|e| panic!("lmtp addr {v}: {e}")));
+            } else if let Some(v) = word.strip_prefix("web=http://") {
+                self.web = v.trim_end_matches('/').parse().unwrap_or_else(|e| panic!("web addr {v}: {e}"));
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Run the CLI with this daemon's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run plenary: {e}"))
+    }
+
+    /// Create a list through the CLI (works whether or not the daemon runs).
+    pub fn create_list(&self, address: &str) {
+        let out = self.cli(&["list", "create", address, "--name", "Test list"]);
+        assert!(out.status.success(), "list create failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.web, path)
+    }
+
+    /// GET a JSON API path.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
+    }
+
+    /// Number of archived messages in `list`, from the public API.
+    pub fn count(&self, list: &str) -> u64 {
+        let v = self.api("/api/v1/lists");
+        v["lists"].as_array().into_iter().flatten().find(|l| l["address"] == list).and_then(|l| l["messages"].as_u64()).unwrap_or(0)
+    }
+
+    /// Wait until a search for `q` has at least `n` hits (the index commits asynchronously).
+    pub fn wait_search(&self, q: &str, n: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.api(&format!("/api/v1/search?q={}", urlencode(q)));
+            if v["total"].as_u64().unwrap_or(0) >= n || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A plain HTTP/1.0 GET; returns status and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_get_full(addr, path);
+    (status, body)
+}
+
+/// A plain HTTP/1.0 GET; returns status, raw headers and body.
+pub fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap_or_else(|e| panic!("write: {e}"));
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap_or_else(|e| panic!("read: {e}"));
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// A raw SMTP client: exact bytes out, whole replies in.
+pub struct Smtp {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        Smtp { s, buf: Vec::new() }
+    }
+
+    /// Connect and read the greeting.
+    pub fn open(addr: SocketAddr) -> Smtp {
+        let mut c = Smtp::connect(addr);
+        let g = c.reply();
+        assert!(g.starts_with("220"), "greeting: {g}");
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        // A peer that already closed is fine for hostile-input tests.
+        let _ = self.s.write_all(bytes);
+    }
+
+    /// Read one complete (possibly multi-line) reply; "" on EOF.
+    pub fn reply(&mut self) -> String {
+        let mut out = String::new();
+        loop {
+            let line = match self.line() {
+                Some(l) => l,
+                None => return out,
+            };
+            out.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return out;
+            }
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(p) = self.buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=p).collect();
+                return Some(String::from_utf8_lossy(&l).into_owned());
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Send a command line and return the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        self.s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut b = [0u8; 256];
+        loop {
+            match self.s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Send one message with the raw client; returns the final reply.
+pub fn send_raw(addr: SocketAddr, to: &str, msg: &str) -> String {
+    let mut c = Smtp::open(addr);
+    assert!(c.cmd("EHLO test.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<sender@test.example>").starts_with("250"));
+    let r = c.cmd(&format!("RCPT TO:<{to}>"));
+    if !r.starts_with("250") {
+        return r;
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(msg.as_bytes());
+    c.send(b"\r\n.\r\n");
+    let r = c.reply();
+    c.cmd("QUIT");
+    r
+}

@@ -34,8 +34,10 @@ pub enum CommandLine {
     Line(Vec<u8>),
     /// Longer than the cap; the excess was discarded up to the next LF.
     TooLong,
-    /// Ended in a bare LF or contains a bare CR or a NUL.
+    /// Ended in a bare LF or contains a bare CR.
     BareNewline,
+    /// Contains a NUL byte.
+    Nul,
 }
 
 /// A DATA section, checked.
@@ -153,10 +155,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let line = avail[..len].to_vec();
                 self.consume(len);
                 let body = &line[..len - 1];
-                let bad = !body.ends_with(b"\r")
-                    || memchr::memchr(b'\r', &body[..body.len() - 1]).is_some()
-                    || memchr::memchr(0, body).is_some();
-                return Ok(if bad { CommandLine::BareNewline } else { CommandLine::Line(line) });
+                let bad = !body.ends_with(b"\r") || memchr::memchr(b'\r', &body[..body.len() - 1]).is_some();
+                return Ok(if bad {
+                    CommandLine::BareNewline
+                } else if memchr::memchr(0, body).is_some() {
+                    CommandLine::Nul
+                } else {
+                    CommandLine::Line(line)
+                });
             }
             if avail.len() > max {
                 // Over the cap with no LF yet: drop what we have and keep discarding.
@@ -290,7 +296,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         client.write_all(b"NOOP\r\nNOOP\nNO\rOP\r\n").await.expect("write");
         let mut long = vec![b'A'; 3000];
-        long.extend_from_slice(b"\r\nQUIT\r\n");
+        long.extend_from_slice(b"\r\nMAIL FROM:<a\x00b@t>\r\nQUIT\r\n");
         client.write_all(&long).await.expect("write");
         drop(client);
         let mut c = Conn::new(server, Duration::from_secs(5));
@@ -299,6 +305,7 @@ mod tests {
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::BareNewline);
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::BareNewline);
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::TooLong);
+        assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::Nul);
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::Line(b"QUIT\r\n".to_vec()));
     }
 }

@@ -32,6 +32,8 @@ pub enum End<S> {
 struct Transaction {
     from: Option<String>,
     targets: Vec<(IngestTarget, String)>,
+    /// Accepted RCPT commands, duplicates included (the cap counts these).
+    accepted_rcpts: usize,
     rejected_rcpts: usize,
 }
 
@@ -113,6 +115,12 @@ impl<'a> Session<'a> {
                 CommandLine::Line(l) => l,
                 CommandLine::TooLong => {
                     if self.error(&mut conn, reply::line_too_long()).await? {
+                        return Ok(End::Closed);
+                    }
+                    continue;
+                }
+                CommandLine::Nul => {
+                    if self.error(&mut conn, reply::syntax("NUL characters are not allowed")).await? {
                         return Ok(End::Closed);
                     }
                     continue;
@@ -312,7 +320,7 @@ impl<'a> Session<'a> {
         if self.tx.from.is_none() {
             return reply::bad_sequence("Need MAIL before RCPT");
         }
-        if self.tx.targets.len() >= self.s().max_recipients {
+        if self.tx.accepted_rcpts >= self.s().max_recipients {
             return Reply::new(452, "4.5.3 Too many recipients");
         }
         if !addr_ok(address) || address.is_empty() {
@@ -343,6 +351,7 @@ impl<'a> Session<'a> {
         match target {
             Some((list, kind)) => {
                 let t = IngestTarget { list, kind };
+                self.tx.accepted_rcpts += 1;
                 if !self.tx.targets.iter().any(|(x, _)| *x == t) {
                     self.tx.targets.push((t, lower));
                 }

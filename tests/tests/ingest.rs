@@ -1,0 +1,248 @@
+//! A message sent over SMTP is stored, archived, threaded, searchable and redacted; the CLI
+//! works beside the running daemon; only list addresses are accepted.
+
+use lettre::message::header::ContentType;
+use lettre::{Message, SmtpTransport, Transport};
+use plenary_e2e::{send_raw, Daemon, Smtp};
+
+const LIST: &str = "gov@lists.example.org";
+
+fn daemon(dir: &std::path::Path) -> Daemon {
+    let d = Daemon::start(dir, "", "");
+    d.create_list(LIST);
+    d
+}
+
+fn lettre(d: &Daemon) -> SmtpTransport {
+    SmtpTransport::builder_dangerous(d.smtp.ip().to_string()).port(d.smtp.port()).build()
+}
+
+#[test]
+fn message_sent_with_lettre_appears_everywhere_and_is_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    let root = Message::builder()
+        .from("Ada Lovelace <ada.private@example.org>".parse().expect("from"))
+        .to(LIST.parse().expect("to"))
+        .subject("Charter draft for the coalition")
+        .message_id(Some("<charter-1@example.org>".into()))
+        .header(ContentType::TEXT_PLAIN)
+        .body("Please review the quokka clause. Reach me at ada.private@example.org.".to_string())
+        .expect("message");
+    lettre(&d).send(&root).expect("send root");
+    let reply = Message::builder()
+        .from("Bob <bob.hidden@example.net>".parse().expect("from"))
+        .to(LIST.parse().expect("to"))
+        .subject("Re: Charter draft for the coalition")
+        .message_id(Some("<charter-2@example.net>".into()))
+        .in_reply_to("<charter-1@example.org>".into())
+        .references("<charter-1@example.org>".into())
+        .body("Agreed on the quokka clause.".to_string())
+        .expect("message");
+    lettre(&d).send(&reply).expect("send reply");
+
+    let (status, list_page) = d.get("/lists/gov@lists.example.org/");
+    assert_eq!(status, 200);
+    assert!(list_page.contains("Charter draft for the coalition"), "list page: {list_page}");
+    assert!(list_page.contains("2 messages"), "thread of two on the list page");
+    let (status, msg) = d.get("/lists/gov@lists.example.org/m/charter-1@example.org/");
+    assert_eq!(status, 200);
+    assert!(msg.contains("quokka clause") && msg.contains("charter-2@example.net"), "permalink shows the reply");
+    let (status, thread) = d.get("/lists/gov@lists.example.org/t/charter-2@example.net/");
+    assert_eq!(status, 200);
+    assert!(thread.contains("Please review") && thread.contains("Agreed on"), "thread holds both");
+    let hits = d.wait_search("quokka", 2);
+    assert_eq!(hits["total"], 2, "{hits}");
+    let api = d.api("/api/v1/lists/gov@lists.example.org/messages/charter-1@example.org");
+    assert_eq!(api["subject"], "Charter draft for the coalition");
+    let (status, _) = d.get("/api/v1/lists/gov@lists.example.org/messages/absent@example.org");
+    assert_eq!(status, 404);
+
+    // No address of a person on any public surface.
+    let month = chrono_month();
+    let surfaces = [
+        "/".to_string(),
+        "/lists/gov@lists.example.org/".to_string(),
+        format!("/lists/gov@lists.example.org/{month}/"),
+        "/lists/gov@lists.example.org/m/charter-1@example.org/".to_string(),
+        "/lists/gov@lists.example.org/m/charter-1@example.org/raw".to_string(),
+        "/lists/gov@lists.example.org/t/charter-1@example.org/".to_string(),
+        "/search?q=quokka".to_string(),
+        "/search?q=reach".to_string(),
+        "/api/v1/lists".to_string(),
+        "/api/v1/lists/gov@lists.example.org/messages".to_string(),
+        "/api/v1/lists/gov@lists.example.org/messages/charter-1@example.org".to_string(),
+        "/api/v1/search?q=reach".to_string(),
+    ];
+    for path in &surfaces {
+        let (status, body) = d.get(path);
+        assert_eq!(status, 200, "{path}");
+        for secret in ["ada.private@example.org", "bob.hidden@example.net", "sender@test.example", "[127.0.0.1]", "Received"] {
+            assert!(!body.contains(secret), "{path} shows {secret}");
+        }
+    }
+    let snippet = d.api("/api/v1/search?q=reach");
+    assert!(snippet.to_string().contains("a…@e…"), "the snippet shows the obfuscated form: {snippet}");
+}
+
+fn chrono_month() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%Y/%m"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn python_smtplib_interoperates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    let script = format!(
+        r#"
+import smtplib, sys
+s = smtplib.SMTP("{ip}", {port})
+code, caps = s.ehlo("py.example")
+assert code == 250, code
+for ext in ("pipelining", "size", "8bitmime", "enhancedstatuscodes", "smtputf8"):
+    assert s.has_extn(ext), ext
+s.sendmail("py@example.org", ["{LIST}"], b"From: Py <py@example.org>\r\nSubject: from python\r\nMessage-ID: <py-1@example.org>\r\n\r\nsent by smtplib, wombat\r\n")
+try:
+    s.sendmail("py@example.org", ["someone@elsewhere.example"], b"Subject: relay\r\n\r\nx\r\n")
+    sys.exit("relay accepted")
+except smtplib.SMTPRecipientsRefused as e:
+    code = e.recipients["someone@elsewhere.example"][0]
+    assert code == 554, code
+s.quit()
+print("ok")
+"#,
+        ip = d.smtp.ip(),
+        port = d.smtp.port()
+    );
+    let out = std::process::Command::new("python3").arg("-c").arg(&script).output().expect("python3");
+    assert!(out.status.success(), "python: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(d.count(LIST), 1);
+    assert_eq!(d.wait_search("wombat", 1)["total"], 1);
+}
+
+#[test]
+fn only_list_addresses_are_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    let mut c = Smtp::open(d.smtp);
+    assert!(c.cmd("EHLO t.test").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@t.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<nosuchlist@lists.example.org>").starts_with("550 5.1.1"), "R-02");
+    for r in ["gov-request", "gov-join", "gov-leave", "gov-owner", "gov-bounces", "gov-bounces+bob=x.org"] {
+        let reply = c.cmd(&format!("RCPT TO:<{r}@lists.example.org>"));
+        assert!(reply.starts_with("250"), "{r}: {reply}");
+    }
+    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
+    assert!(c.cmd("VRFY gov").starts_with("252"));
+    assert!(c.cmd("EXPN gov").starts_with("502"));
+    assert!(c.cmd("HELP").starts_with("214"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    // Mail to a command address is kept (for the list engine), not archived.
+    let r = send_raw(d.smtp, "gov-request@lists.example.org", "Subject: subscribe\r\n\r\nsubscribe");
+    assert!(r.starts_with("250") && r.contains("inbox"), "{r}");
+    assert_eq!(d.count(LIST), 0);
+}
+
+#[test]
+fn same_message_id_twice_is_stored_once_and_no_archive_is_hidden() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    let m = "Message-ID: <dup@example.org>\r\nSubject: twice\r\n\r\nbody";
+    assert!(send_raw(d.smtp, LIST, m).starts_with("250"));
+    let again = send_raw(d.smtp, LIST, m);
+    assert!(again.starts_with("250") && again.contains("duplicate"), "{again}");
+    assert_eq!(d.count(LIST), 1);
+    let hidden = "Message-ID: <hidden@example.org>\r\nX-No-Archive: yes\r\nSubject: secret budget\r\n\r\nplatypus";
+    assert!(send_raw(d.smtp, LIST, hidden).starts_with("250"));
+    let also = "Message-ID: <hidden2@example.org>\r\nArchive: no\r\nSubject: secret budget\r\n\r\nplatypus";
+    assert!(send_raw(d.smtp, LIST, also).starts_with("250"));
+    assert_eq!(d.count(LIST), 1);
+    assert_eq!(d.get("/lists/gov@lists.example.org/m/hidden@example.org/").0, 404);
+    assert_eq!(d.get("/api/v1/lists/gov@lists.example.org/messages/hidden2@example.org").0, 404);
+    let marker = "Message-ID: <after@example.org>\r\nSubject: marker\r\n\r\nplatypus marker";
+    assert!(send_raw(d.smtp, LIST, marker).starts_with("250"));
+    assert_eq!(d.wait_search("platypus", 1)["total"], 1, "only the archivable message is indexed");
+}
+
+#[test]
+fn lmtp_gives_one_reply_per_recipient() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), "lmtp_listen = \"127.0.0.1:0\"", "");
+    d.create_list(LIST);
+    d.create_list("second@lists.example.org");
+    let lmtp = d.lmtp.expect("lmtp listener");
+    let mut c = Smtp::open(lmtp);
+    assert!(c.cmd("EHLO x").starts_with("503"), "LMTP wants LHLO");
+    assert!(c.cmd("LHLO mta.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@t.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
+    assert!(c.cmd("RCPT TO:<nobody@lists.example.org>").starts_with("550"));
+    assert!(c.cmd("RCPT TO:<second@lists.example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Message-ID: <lmtp-1@example.org>\r\nSubject: via lmtp\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    assert_eq!(d.count(LIST), 1);
+    assert_eq!(d.count("second@lists.example.org"), 1);
+}
+
+#[test]
+fn cli_works_beside_the_daemon_and_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = daemon(dir.path());
+    // Through the admin socket while the daemon holds the database.
+    let out = d.cli(&["list", "ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(LIST));
+    let bad = d.cli(&["list", "create", "not an address"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid list address"));
+    let dup = d.cli(&["list", "create", LIST]);
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let mbox = dir.path().join("a.mbox");
+    std::fs::write(&mbox, "From x@y Thu Jun 10 12:00:00 1999\nMessage-ID: <imp-1@x>\nDate: Thu, 10 Jun 1999 12:00:00 +0000\nSubject: imported one\n\nnarwhal\n\nFrom x@y Thu Jun 10 13:00:00 1999\nSubject: no id, no date\n\nnarwhal two\n").expect("write");
+    let out = d.cli(&["import", "--list", LIST, &mbox.to_string_lossy()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2 messages read: 2 imported, 0 duplicates, 1 repaired, 0 rejected"), "{text}");
+    let again = d.cli(&["import", "--list", LIST, &mbox.to_string_lossy()]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 imported, 2 duplicates"));
+    assert_eq!(d.wait_search("narwhal", 2)["total"], 2);
+    // The repaired date comes from the mbox separator line.
+    let (_, june) = d.get("/lists/gov@lists.example.org/1999/06/");
+    assert!(june.contains("no id, no date"), "{june}");
+    // A second daemon on the same data refuses to start (F-16).
+    let second = std::process::Command::new(plenary_e2e::binary()).arg("--config").arg(&d.config).arg("serve").output().expect("run");
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"), "{}", String::from_utf8_lossy(&second.stderr));
+    // Stopped: the CLI opens the data itself.
+    assert_eq!(d.stop(), Some(0), "SIGTERM exits cleanly");
+    let out = d.cli(&["list", "create", "offline@lists.example.org"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = d.cli(&["index", "rebuild"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("index rebuilt: 2 messages"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn bad_config_names_every_bad_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[smtp]\nlisten = \"nope\"\nmax_errors = -1\ncolour = 1\n[web]\npage_size = \"x\"\n").expect("write");
+    let out = std::process::Command::new(plenary_e2e::binary()).arg("--config").arg(&cfg).args(["config", "check"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for k in ["smtp.listen", "smtp.max_errors", "smtp.colour", "web.page_size", "4 problems"] {
+        assert!(err.contains(k), "missing {k}: {err}");
+    }
+    let ok = std::process::Command::new(plenary_e2e::binary())
+        .arg("--config")
+        .arg(plenary_e2e::workspace().join("config/plenary.toml"))
+        .args(["config", "check"])
+        .output()
+        .expect("run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
