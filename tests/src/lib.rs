@@ -56,8 +56,9 @@ impl Daemon {
     pub fn start(root: &Path, smtp_extra: &str, other: &str) -> Daemon {
         let config = root.join("plenary.toml");
         let data = root.join("data");
+        let per_ip = if smtp_extra.contains("max_connections_per_ip") { "" } else { "max_connections_per_ip = 200\n" };
         let text = format!(
-            "[data]\ndir = \"{}\"\nmin_free_mb = 0\n\n[smtp]\nlisten = \"127.0.0.1:0\"\nmax_connections_per_ip = 200\n{smtp_extra}\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n[search]\ncommit_delay_ms = 20\n\n{other}\n",
+            "[data]\ndir = \"{}\"\nmin_free_mb = 0\n\n[smtp]\nlisten = \"127.0.0.1:0\"\n{per_ip}{smtp_extra}\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n[search]\ncommit_delay_ms = 20\n\n{other}\n",
             data.display()
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("write config: {e}"));

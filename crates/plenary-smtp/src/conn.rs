@@ -176,12 +176,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Read a DATA section up to `<CRLF>.<CRLF>` (the CRLF before the dot is the end of the
     /// last line, or the DATA command's own when the message is empty).
+    ///
+    /// Every byte is checked, whatever the line length: the first bare CR, bare LF or NUL
+    /// stops reading at once and is reported, because whatever follows it may be a smuggled
+    /// transaction; the caller refuses the message and closes the connection. Over-long lines
+    /// and oversized messages are read to the real end and refused, keeping the stream in step.
     pub async fn read_data(&mut self, max_size: usize, max_line: usize, idle: Duration) -> Result<DataResult, ReadError> {
         let mut out = DataResult::default();
         let mut cur: Vec<u8> = Vec::new(); // the current line, kept only up to `max_line`
         let mut cur_len = 0usize; // its true length so far
-        let mut last_byte: Option<u8> = None; // last byte of the previous piece of this line
-        let mut prev_crlf = true; // did the previous line end in CRLF?
+        let mut pending_cr = false; // the previous piece of this line ended in CR
+        let mut total = 0usize; // every byte of the message so far, kept or not
         loop {
             if self.buffered().is_empty() {
                 self.fill(idle).await?;
@@ -193,25 +198,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 None => (avail.len(), false),
             };
             let chunk = &avail[..n];
-            let before_lf = if !complete {
-                None
-            } else if n >= 2 {
-                Some(chunk[n - 2])
-            } else {
-                last_byte
-            };
+            let mut bare = pending_cr && chunk[0] != b'\n';
+            for i in memchr::memchr_iter(b'\r', chunk) {
+                if i + 1 < n && chunk[i + 1] != b'\n' {
+                    bare = true;
+                }
+            }
+            if complete {
+                let before_lf_is_cr = if n >= 2 { chunk[n - 2] == b'\r' } else { pending_cr };
+                if !before_lf_is_cr {
+                    bare = true;
+                }
+            }
+            pending_cr = chunk[n - 1] == b'\r';
+            let nul = memchr::memchr(0, chunk).is_some();
+            if bare || nul {
+                self.consume(n);
+                out.bare_newline = bare;
+                out.nul = nul;
+                out.message = Vec::new();
+                return Ok(out);
+            }
             cur_len += n;
+            total += n;
+            if total > max_size.saturating_add(2) && !out.too_big {
+                out.too_big = true;
+                out.message = Vec::new();
+            }
             if cur.len() + n <= max_line {
                 cur.extend_from_slice(chunk);
             }
-            last_byte = chunk.last().copied();
             self.consume(n);
             if !complete {
                 continue;
             }
             let too_long = cur_len > max_line;
-            let ends_crlf = before_lf == Some(b'\r');
-            if prev_crlf && !too_long && cur == b".\r\n" {
+            if !too_long && cur == b".\r\n" {
                 if !out.is_clean() {
                     out.message = Vec::new();
                 }
@@ -219,18 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             if too_long {
                 out.line_too_long = true;
-            }
-            if !ends_crlf {
-                out.bare_newline = true;
-            }
-            if !too_long {
-                let content = &cur[..cur.len() - if ends_crlf { 2 } else { 1 }];
-                if memchr::memchr(b'\r', content).is_some() {
-                    out.bare_newline = true;
-                }
-                if memchr::memchr(0, content).is_some() {
-                    out.nul = true;
-                }
+                out.message = Vec::new();
             }
             if out.is_clean() {
                 let unstuffed = if cur.first() == Some(&b'.') { &cur[1..] } else { &cur[..] };
@@ -241,10 +252,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     out.message.extend_from_slice(unstuffed);
                 }
             }
-            prev_crlf = ends_crlf;
             cur.clear();
             cur_len = 0;
-            last_byte = None;
         }
     }
 }
@@ -278,6 +287,31 @@ mod tests {
             assert!(!r.is_clean(), "{fake:?} must be flagged");
             assert!(r.message.is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn bare_cr_hidden_in_an_overlong_line_is_caught() {
+        let mut input = b"Subject: s\r\n\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 5000));
+        input.extend_from_slice(b"\r\r\n.\r\nMAIL FROM:<x@evil.test>\r\n");
+        let r = data(&input).await;
+        assert!(r.bare_newline);
+    }
+
+    #[tokio::test]
+    async fn cr_split_across_reads_is_not_bare() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut c = Conn::new(server, Duration::from_secs(5));
+        let writer = tokio::spawn(async move {
+            client.write_all(b"Subject: x\r").await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b"\n\r\nbody\r\n.\r\n").await.expect("write");
+            client
+        });
+        let r = c.read_data(1 << 20, 1000, Duration::from_secs(5)).await.expect("data");
+        assert!(r.is_clean(), "{r:?}");
+        assert_eq!(r.message, b"Subject: x\r\n\r\nbody\r\n");
+        drop(writer.await);
     }
 
     #[tokio::test]

@@ -398,11 +398,19 @@ impl<'a> Session<'a> {
         };
         let tx = std::mem::take(&mut self.tx);
         let rcpt_count = tx.targets.len();
-        let r = if data.bare_newline {
-            Reply::new(550, "5.5.2 Message contains a bare CR or LF; lines must end with CRLF")
-        } else if data.nul {
-            Reply::new(550, "5.6.0 Message contains NUL characters")
-        } else if data.too_big {
+        if data.bare_newline || data.nul {
+            // What follows a bare CR/LF or NUL may be a smuggled transaction: refuse and hang
+            // up without reading another byte (Postfix's smtpd_forbid_bare_newline).
+            let what = if data.nul { "NUL character" } else { "bare CR or LF" };
+            let r = Reply::new(521, format!("5.5.2 Message contains a {what}; lines must end with CRLF, closing connection"));
+            let mut wire = Vec::new();
+            for _ in 0..if self.proto == Protocol::Lmtp { rcpt_count } else { 1 } {
+                wire.extend_from_slice(&r.to_wire());
+            }
+            conn.write(&wire).await?;
+            return Ok(true);
+        }
+        let r = if data.too_big {
             Reply::new(552, format!("5.3.4 Message size exceeds fixed limit of {} bytes", s.max_message_size))
         } else if data.line_too_long {
             Reply::new(554, format!("5.6.0 Message has a line longer than {} bytes", s.max_line_length))
