@@ -28,7 +28,18 @@ impl Default for IndexerSettings {
 }
 
 /// Attempts after which a message is no longer indexed (see [`Indexer::step`]).
-const MAX_ATTEMPTS: u8 = 2;
+const MAX_ATTEMPTS: u8 = 4;
+
+/// Batch size for messages that were in a batch when the process died, by attempt count:
+/// the retries narrow down on the culprit (1,000, then 50, then one at a time).
+fn retry_batch(attempts: u8) -> usize {
+    match attempts {
+        0 => usize::MAX,
+        1 => 1000,
+        2 => 50,
+        _ => 1,
+    }
+}
 
 /// Drains the store's index queue into the search index.
 pub struct Indexer {
@@ -57,20 +68,24 @@ impl Indexer {
     /// Index one batch from the queue. Returns how many messages it committed.
     ///
     /// Crash-loop protection: before a batch is indexed its keys' attempt counters are
-    /// incremented and made durable. If the process dies during the batch, the keys come back
-    /// with attempts = 1 and are then indexed one at a time; a message that is still there
-    /// with [`MAX_ATTEMPTS`] attempts crashed us on its own and is quarantined (kept in the
-    /// store and readable, but never parsed by the indexer again).
+    /// incremented and made durable. If the process dies during the batch, its keys come back
+    /// with attempts = 1 and are retried in smaller and smaller batches (1,000, 50, 1); a
+    /// message still there after [`MAX_ATTEMPTS`] attempts crashed us on its own and is
+    /// quarantined (kept in the store and readable, never parsed by the indexer again). A real
+    /// poison message thus stops the daemon at most four times; a process killed from outside
+    /// (which looks the same) would have to die in four successive batches holding the same
+    /// innocent message before it was wrongly quarantined, and `plenary index rebuild` clears
+    /// every quarantine.
     pub fn step(&mut self) -> Result<usize, IndexError> {
         let pending = self.store.index_pending(self.settings.max_batch)?;
         if pending.is_empty() {
             return Ok(0);
         }
-        let suspect = pending.iter().any(|(_, a)| *a > 0);
-        let batch: Vec<(MessageKey, u8)> = if suspect {
-            pending.into_iter().filter(|(_, a)| *a > 0).take(1).collect()
-        } else {
-            pending
+        // Retry the least-tried suspects first, in the batch size their attempt count allows.
+        let min_suspect = pending.iter().map(|(_, a)| *a).filter(|a| *a > 0).min();
+        let batch: Vec<(MessageKey, u8)> = match min_suspect {
+            Some(level) => pending.into_iter().filter(|(_, a)| *a == level || *a >= MAX_ATTEMPTS).take(retry_batch(level)).collect(),
+            None => pending,
         };
         let mut keys = Vec::with_capacity(batch.len());
         for (key, attempts) in batch {
@@ -203,7 +218,7 @@ mod tests {
         assert_eq!(search.search(&req("\"ada@example.org\"")).expect("search").total, 0);
         assert!(!format!("{r:?}").contains("ada@example.org"));
         // Re-index everything: still one document per message.
-        store.index_requeue_all().expect("requeue");
+        store.index_requeue_all(false).expect("requeue");
         assert_eq!(ix.step().expect("step"), 2);
         search.reload().expect("reload");
         assert_eq!(search.num_docs(), 2);
@@ -223,14 +238,25 @@ mod tests {
         let list = store.create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "").expect("list");
         put(&store, list.id, "Message-ID: <p@x>\r\n\r\npoison\r\n").await;
         put(&store, list.id, "Message-ID: <q@x>\r\n\r\nfine\r\n").await;
-        // Simulate two crashes while indexing <p@x>: its attempt counter is already 2.
+        // Simulate four crashes while indexing <p@x>: its attempt counter is already 4.
         let p = store.find(list.id, "p@x").expect("find").expect("present");
-        store.index_attempt(&[p]).expect("attempt");
-        store.index_attempt(&[p]).expect("attempt");
+        for _ in 0..4 {
+            store.index_attempt(&[p]).expect("attempt");
+        }
         let (search, _) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
         let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
         assert_eq!(ix.step().expect("step"), 0, "the poison message is quarantined, not indexed");
         assert_eq!(ix.step().expect("step"), 1, "the rest is indexed afterwards");
         assert_eq!(store.index_pending_len(), 0);
+        assert_eq!(store.index_quarantined().expect("q"), vec![p]);
+        // A message that was in a batch when the process died is retried, not quarantined.
+        put(&store, list.id, "Message-ID: <r@x>\r\n\r\nretry me\r\n").await;
+        let r = store.find(list.id, "r@x").expect("find").expect("present");
+        store.index_attempt(&[r]).expect("attempt");
+        assert_eq!(ix.step().expect("step"), 1);
+        assert_eq!(store.index_quarantined().expect("q").len(), 1);
+        // An explicit rebuild clears the quarantine and tries again.
+        assert_eq!(store.index_requeue_all(true).expect("requeue"), 3);
+        assert!(store.index_quarantined().expect("q").is_empty());
     }
 }

@@ -215,13 +215,23 @@ impl Store {
         Ok(())
     }
 
-    /// Put every archived message back on the index queue (for `plenary index rebuild`).
-    pub fn index_requeue_all(&self) -> Result<u64, StoreError> {
+    /// Put every archived message back on the index queue. With `clear_quarantine` (an
+    /// explicit `plenary index rebuild`) quarantined messages are tried again too; otherwise
+    /// they stay out.
+    pub fn index_requeue_all(&self, clear_quarantine: bool) -> Result<u64, StoreError> {
+        let quarantined: std::collections::HashSet<MessageKey> = self.index_quarantined()?.into_iter().collect();
+        if clear_quarantine {
+            let mut q = sled::Batch::default();
+            for k in &quarantined {
+                q.remove(quarantine_key(*k));
+            }
+            self.trees().meta.apply_batch(q)?;
+        }
         let mut n = 0u64;
         let mut b = sled::Batch::default();
         for m in self.all_messages() {
             let m = m?;
-            if m.meta.no_archive {
+            if m.meta.no_archive || (!clear_quarantine && quarantined.contains(&m.key)) {
                 continue;
             }
             b.insert(&m.key.to_bytes(), &[0u8]);
@@ -248,10 +258,26 @@ impl Store {
     /// Give up on indexing a message that crashed the indexer: drop it from the queue and
     /// remember it, so a restart does not crash again (it stays stored and readable).
     pub fn index_quarantine(&self, key: MessageKey) -> Result<(), StoreError> {
-        let mut k = b"index_quarantine/".to_vec();
-        k.extend_from_slice(&key.to_bytes());
-        self.trees().meta.insert(k, &[1u8])?;
+        self.trees().meta.insert(quarantine_key(key), &[1u8])?;
         self.trees().index_queue.remove(key.to_bytes())?;
         self.sync()
     }
+
+    /// Messages kept out of the search index because they crashed the indexer.
+    pub fn index_quarantined(&self) -> Result<Vec<MessageKey>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().meta.scan_prefix(QUARANTINE) {
+            let (k, _) = kv?;
+            out.extend(MessageKey::from_bytes(&k[QUARANTINE.len()..]));
+        }
+        Ok(out)
+    }
+}
+
+const QUARANTINE: &[u8] = b"index_quarantine/";
+
+fn quarantine_key(key: MessageKey) -> Vec<u8> {
+    let mut k = QUARANTINE.to_vec();
+    k.extend_from_slice(&key.to_bytes());
+    k
 }

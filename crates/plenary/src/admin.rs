@@ -79,7 +79,7 @@ pub async fn execute(store: &Store, config: &Config, mode: &Mode, req: Request, 
         }
         Request::IndexRebuild => match mode {
             Mode::Daemon => {
-                let n = store.index_requeue_all().map_err(|e| e.to_string())?;
+                let n = store.index_requeue_all(true).map_err(|e| e.to_string())?;
                 Ok(format!("re-indexing {n} messages in the background"))
             }
             Mode::Offline { index_dir } => {
@@ -96,7 +96,7 @@ fn index_offline(store: &Store, config: &Config, dir: &Path, rebuild: bool) -> R
     let mut ix = plenary_index::Indexer::new(store.clone(), search, config.indexer.clone()).map_err(|e| e.to_string())?;
     if rebuild || created {
         ix.clear().map_err(|e| e.to_string())?;
-        store.index_requeue_all().map_err(|e| e.to_string())?;
+        store.index_requeue_all(rebuild).map_err(|e| e.to_string())?;
     }
     let mut total = 0u64;
     while store.index_pending_len() > 0 {

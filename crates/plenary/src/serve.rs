@@ -65,8 +65,9 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let index_dir = config.data_dir.join("index");
     let (search, created) = SearchIndex::open(&index_dir, config.query).context("cannot open the search index")?;
     let archived = store.archived_total().context("cannot count archived messages")?;
-    if created || (store.index_pending_len() == 0 && search.num_docs() != archived) {
-        let n = store.index_requeue_all().context("cannot queue messages for indexing")?;
+    let quarantined = store.index_quarantined().context("cannot read the index quarantine")?.len() as u64;
+    if created || (store.index_pending_len() == 0 && search.num_docs() + quarantined != archived) {
+        let n = store.index_requeue_all(false).context("cannot queue messages for indexing")?;
         tracing::info!(messages = n, "building the search index from the store");
     }
     let stop_indexer = Arc::new(AtomicBool::new(false));
