@@ -7,6 +7,8 @@
 //! the content, so re-importing the same archive produces the same id and dedupes).
 
 use mail_parser::{HeaderValue, MessageParser};
+use regex::Regex;
+use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -118,6 +120,19 @@ fn one_line(s: &str, max: usize) -> String {
     out
 }
 
+static ASCTIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(\d{1,2})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\s+[A-Z]{3,4}|\s+[+-]\d{4})?\s+(\d{4})")
+        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+});
+
+/// A date in C `asctime` form (`Tue Mar  1 01:47:36 2005`), as on mbox `From ` lines and in
+/// the `Date:` headers old pipermail archives rewrote; taken as UTC.
+pub fn parse_asctime(s: &str) -> Option<i64> {
+    let c = ASCTIME.captures(s)?;
+    let t = format!("{} {} {} {}:{}:{} {}", &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]);
+    chrono::NaiveDateTime::parse_from_str(&t, "%a %b %d %H:%M:%S %Y").ok().map(|d| d.and_utc().timestamp())
+}
+
 fn sane_date(ts: i64, now: i64) -> bool {
     ts >= MIN_SANE_DATE && ts <= now + 2 * 86_400
 }
@@ -137,6 +152,7 @@ impl MessageMeta {
             .date()
             .filter(|d| d.is_valid())
             .map(|d| d.to_timestamp())
+            .or_else(|| msg.header_raw("Date").and_then(parse_asctime))
             .filter(|ts| sane_date(*ts, now));
         let (date, date_repaired) = match header_date {
             Some(ts) => (ts, false),
@@ -267,5 +283,23 @@ mod tests {
         assert_eq!(clean_message_id("<a b@c>"), None);
         assert_eq!(clean_message_id("<>"), None);
         assert_eq!(clean_message_id(" <x@y> ").as_deref(), Some("x@y"));
+    }
+}
+
+#[cfg(test)]
+mod pipermail_tests {
+    use super::*;
+
+    #[test]
+    fn pipermail_message_is_not_repaired() {
+        let raw = b"From: adiroiban at gmail.com (Adi Roiban)\nDate: Tue, 3 Aug 2021 16:23:33 +0100\nSubject: [Twisted-web] Migration\n announcement\nMessage-ID: <CAFy@mail.gmail.com>\n\nHi,\n";
+        let m = MessageMeta::extract(raw, Fallback { envelope_date: None, received_at: 1_800_000_000 });
+        assert!(!m.generated_id, "{m:?}");
+        assert!(!m.date_repaired, "{m:?}");
+        assert_eq!(m.subject, "[Twisted-web] Migration announcement");
+        let old = b"From: fog at initd.org (F)\nDate: Tue Mar  1 01:47:36 2005\nMessage-ID: <a@b>\n\nx\n";
+        let m = MessageMeta::extract(old, Fallback { envelope_date: None, received_at: 1_800_000_000 });
+        assert!(!m.date_repaired);
+        assert_eq!(m.date, 1_109_641_656);
     }
 }

@@ -15,11 +15,10 @@
 use plenary_core::meta::Fallback;
 use plenary_core::{mime, ListId, MessageMeta, MimeLimits, Origin, RecipientKind};
 use plenary_store::{IngestRequest, IngestTarget, Store, TargetOutcome};
-use regex::Regex;
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Semaphore};
 
 /// How many messages may wait for the committer at once.
@@ -32,6 +31,12 @@ pub struct Summary {
     pub imported: u64,
     pub duplicates: u64,
     pub repaired: u64,
+    /// Of the repaired: dates taken from the mbox line, `Received:` or the import time.
+    pub repaired_dates: u64,
+    /// Of the repaired: Message-IDs generated from the content.
+    pub generated_ids: u64,
+    /// Of the repaired: stored raw because they exceed a structural limit.
+    pub stored_raw: u64,
     pub rejected: u64,
     /// The first rejections, as "where: why".
     pub rejections: Vec<String>,
@@ -44,6 +49,13 @@ impl std::fmt::Display for Summary {
             "{} messages read: {} imported, {} duplicates, {} repaired, {} rejected",
             self.processed, self.imported, self.duplicates, self.repaired, self.rejected
         )?;
+        if self.repaired > 0 {
+            write!(
+                f,
+                "\n  repaired: {} dates, {} generated Message-IDs, {} stored raw (over a structural limit)",
+                self.repaired_dates, self.generated_ids, self.stored_raw
+            )?;
+        }
         for r in &self.rejections {
             write!(f, "\n  rejected {r}")?;
         }
@@ -58,16 +70,9 @@ pub struct ImportLimits {
     pub mime: MimeLimits,
 }
 
-static FROM_DATE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun)\s+(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+(\d{1,2})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\s+[A-Z]{3,4}|\s+[+-]\d{4})?\s+(\d{4})")
-        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
-});
-
 /// The date on an mbox `From ` line (asctime format, taken as UTC).
 pub fn separator_date(line: &str) -> Option<i64> {
-    let c = FROM_DATE.captures(line)?;
-    let s = format!("{} {} {} {}:{}:{} {}", &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]);
-    chrono::NaiveDateTime::parse_from_str(&s, "%a %b %d %H:%M:%S %Y").ok().map(|d| d.and_utc().timestamp())
+    plenary_core::meta::parse_asctime(line)
 }
 
 /// One message found in a source, before it is stored.
@@ -259,7 +264,7 @@ pub async fn import(
                     Ok(_) => MessageMeta::extract(&found.raw, fb),
                     Err(e) => MessageMeta::unparsed(&found.raw, fb, &e.to_string()),
                 };
-                let repaired = meta.generated_id || meta.date_repaired || meta.unparsed.is_some();
+                let fixes = (meta.date_repaired, meta.generated_id, meta.unparsed.is_some());
                 let req = IngestRequest {
                     raw: found.raw,
                     meta,
@@ -280,9 +285,12 @@ pub async fn import(
                             Some(TargetOutcome::Duplicate(_)) => s.duplicates += 1,
                             _ => {
                                 s.imported += 1;
-                                if repaired {
+                                if fixes.0 || fixes.1 || fixes.2 {
                                     s.repaired += 1;
                                 }
+                                s.repaired_dates += u64::from(fixes.0);
+                                s.generated_ids += u64::from(fixes.1);
+                                s.stored_raw += u64::from(fixes.2);
                             }
                         },
                         Err(e) => {
