@@ -25,7 +25,14 @@ tmp = tempfile.mkdtemp()
 try:
     for path in sys.argv[1:]:
         if os.path.isdir(path):
-            box = mailbox.Maildir(path, factory=None, create=False)
+            # Python's Maildir wants cur/, new/ and tmp/; give it a complete copy.
+            md = os.path.join(tmp, "md%d" % count)
+            for sub in ("cur", "new", "tmp"):
+                if os.path.isdir(os.path.join(path, sub)):
+                    shutil.copytree(os.path.join(path, sub), os.path.join(md, sub))
+                else:
+                    os.makedirs(os.path.join(md, sub))
+            box = mailbox.Maildir(md, factory=None, create=False)
         else:
             src = path
             with open(path, "rb") as f:

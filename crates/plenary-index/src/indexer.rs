@@ -148,7 +148,11 @@ impl Indexer {
                 continue;
             }
             std::thread::sleep(self.settings.commit_delay);
-            match self.step() {
+            // A panic in a step (a parser bug) must not end indexing: the attempt counters
+            // already recorded make the next steps narrow down on the culprit.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()))
+                .unwrap_or_else(|_| Err(IndexError::Panicked));
+            match r {
                 Ok(n) => {
                     if n > 0 {
                         tracing::debug!(indexed = n, "search index commit");

@@ -35,4 +35,6 @@ pub enum IndexError {
     Store(#[from] plenary_store::StoreError),
     #[error(transparent)]
     Query(#[from] QueryError),
+    #[error("the indexer panicked while indexing a batch")]
+    Panicked,
 }

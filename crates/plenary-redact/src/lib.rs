@@ -278,68 +278,32 @@ fn one_line(s: &str) -> String {
 
 /// The public form of a stored message, or `None` if it must not be public.
 ///
-/// `raw` must be a message that passed the structural pre-scan at ingest (messages that did
-/// not carry `meta.unparsed` and are shown as escaped text without being parsed).
+/// A message that was stored unparsed (over a structural limit) or that makes the MIME
+/// parser panic (mail-parser 0.11 does on some malformed multiparts) is shown as its raw
+/// body text, which the web layer escapes.
 pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) -> Option<PublicMessage> {
     let summary = summarize(key, meta, policy)?;
     let (_, author_address) = author(meta, policy);
-    let ids = |v: &[String]| v.iter().map(|i| format!("<{i}>")).collect::<Vec<_>>().join(" ");
-    let mut headers = Vec::new();
-    let body;
-    let mut attachments = Vec::new();
-    let parsed = if meta.unparsed.is_some() { None } else { MessageParser::default().parse(raw) };
-    match &parsed {
-        Some(msg) => {
-            if let Some(a) = msg.from() {
-                headers.push(("From".to_string(), one_line(&address_list(a, policy))));
-            }
-            if let Some(a) = msg.to() {
-                headers.push(("To".to_string(), one_line(&address_list(a, policy))));
-            }
-            if let Some(a) = msg.cc() {
-                headers.push(("Cc".to_string(), one_line(&address_list(a, policy))));
-            }
-            headers.push(("Subject".to_string(), summary.subject.clone()));
-            let date = chrono::DateTime::from_timestamp(meta.date, 0).unwrap_or_default();
-            headers.push(("Date".to_string(), date.to_rfc2822()));
-            headers.push(("Message-ID".to_string(), format!("<{}>", meta.message_id)));
-            if !meta.in_reply_to.is_empty() {
-                headers.push(("In-Reply-To".to_string(), ids(&meta.in_reply_to)));
-            }
-            if !meta.references.is_empty() {
-                headers.push(("References".to_string(), ids(&meta.references)));
-            }
-            let texts: Vec<String> = (0..msg.text_body_count())
-                .filter_map(|i| msg.body_text(i))
-                .map(|t| t.into_owned())
-                .collect();
-            body = texts.join("\n\n");
-            for part in msg.attachments() {
-                let name = part.attachment_name().map(one_line).unwrap_or_else(|| "(unnamed)".to_string());
-                let content_type = part
-                    .content_type()
-                    .map(|ct| match ct.subtype() {
-                        Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                        None => ct.ctype().to_string(),
-                    })
-                    .unwrap_or_else(|| "application/octet-stream".to_string());
-                attachments.push(PublicAttachment {
-                    name: redact_text(&name, policy).into_owned(),
-                    content_type: one_line(&content_type).to_ascii_lowercase(),
-                    size: part.len() as u64,
-                });
-            }
-        }
-        None => {
-            // Not parsed: show the bytes as text (the web layer escapes them), minus trace
-            // headers: keep only the body after the first blank line.
-            let text = String::from_utf8_lossy(raw);
-            let body_start = text.find("\r\n\r\n").map(|i| i + 4).or_else(|| text.find("\n\n").map(|i| i + 2)).unwrap_or(0);
-            body = text[body_start..].to_string();
-            headers.push(("Subject".to_string(), summary.subject.clone()));
-            headers.push(("Message-ID".to_string(), format!("<{}>", meta.message_id)));
-        }
-    }
+    let parsed = if meta.unparsed.is_some() {
+        None
+    } else {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            MessageParser::default().parse(raw).map(|msg| render_parsed(&msg, meta, &summary, policy))
+        }))
+        .ok()
+        .flatten()
+    };
+    let unparsed = parsed.is_none();
+    let (headers, body, attachments) = parsed.unwrap_or_else(|| {
+        // Keep only what follows the first blank line, so trace headers never show.
+        let text = String::from_utf8_lossy(raw);
+        let start = text.find("\r\n\r\n").map(|i| i + 4).or_else(|| text.find("\n\n").map(|i| i + 2)).unwrap_or(0);
+        let headers = vec![
+            ("Subject".to_string(), summary.subject.clone()),
+            ("Message-ID".to_string(), format!("<{}>", meta.message_id)),
+        ];
+        (headers, text[start..].to_string(), Vec::new())
+    });
     let body = cap(redact_text(&body, policy).into_owned());
     Some(PublicMessage {
         summary,
@@ -348,8 +312,59 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
         headers,
         body,
         attachments,
-        unparsed: parsed.is_none(),
+        unparsed,
     })
+}
+
+type Rendered = (Vec<(String, String)>, String, Vec<PublicAttachment>);
+
+/// The parsed view: allowlisted headers, text body and attachment list.
+fn render_parsed(msg: &mail_parser::Message<'_>, meta: &MessageMeta, summary: &PublicSummary, policy: &Policy) -> Rendered {
+    let ids = |v: &[String]| v.iter().map(|i| format!("<{i}>")).collect::<Vec<_>>().join(" ");
+    let mut headers = Vec::new();
+    if let Some(a) = msg.from() {
+        headers.push(("From".to_string(), one_line(&address_list(a, policy))));
+    }
+    if let Some(a) = msg.to() {
+        headers.push(("To".to_string(), one_line(&address_list(a, policy))));
+    }
+    if let Some(a) = msg.cc() {
+        headers.push(("Cc".to_string(), one_line(&address_list(a, policy))));
+    }
+    headers.push(("Subject".to_string(), summary.subject.clone()));
+    let date = chrono::DateTime::from_timestamp(meta.date, 0).unwrap_or_default();
+    headers.push(("Date".to_string(), date.to_rfc2822()));
+    headers.push(("Message-ID".to_string(), format!("<{}>", meta.message_id)));
+    if !meta.in_reply_to.is_empty() {
+        headers.push(("In-Reply-To".to_string(), ids(&meta.in_reply_to)));
+    }
+    if !meta.references.is_empty() {
+        headers.push(("References".to_string(), ids(&meta.references)));
+    }
+    let body = (0..msg.text_body_count())
+        .filter_map(|i| msg.body_text(i))
+        .map(|t| t.into_owned())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let attachments = msg
+        .attachments()
+        .map(|part| {
+            let name = part.attachment_name().map(one_line).unwrap_or_else(|| "(unnamed)".to_string());
+            let content_type = part
+                .content_type()
+                .map(|ct| match ct.subtype() {
+                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
+                    None => ct.ctype().to_string(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".to_string());
+            PublicAttachment {
+                name: redact_text(&name, policy).into_owned(),
+                content_type: one_line(&content_type).to_ascii_lowercase(),
+                size: part.len() as u64,
+            }
+        })
+        .collect();
+    (headers, body, attachments)
 }
 
 #[cfg(test)]

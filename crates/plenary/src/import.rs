@@ -303,7 +303,15 @@ pub async fn import(
                 });
                 true
             };
-            read_source(&path, &mut emit)?;
+            if let Err(why) = read_source(&path, &mut emit) {
+                // A file we cannot read is reported and the import goes on with the rest.
+                let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
+                s.rejected += 1;
+                s.processed += 1;
+                if s.rejections.len() < 100 {
+                    s.rejections.push(why);
+                }
+            }
         }
         Ok(())
     })
