@@ -150,20 +150,17 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
-                let disk_full = e.is_disk_full();
-                let failed = ctx.failed.load(Ordering::SeqCst);
                 if !matches!(e, StoreError::DiskFull { .. } | StoreError::Failed) {
-                    tracing::error!(error = %msg, "group commit failed; store is now failed");
+                    tracing::error!(error = %e, "group commit failed; store is now failed");
                 }
+                // Every waiter gets the same kind of answer: disk full (452) or failed (451).
+                let (needed, available) = match e {
+                    StoreError::DiskFull { needed, available } => (needed, available),
+                    _ => (0, 0),
+                };
+                let disk_full = e.is_disk_full();
                 for job in jobs {
-                    let err = if disk_full && !failed {
-                        StoreError::DiskFull { needed: 0, available: 0 }
-                    } else if let StoreError::DiskFull { needed, available } = e {
-                        StoreError::DiskFull { needed, available }
-                    } else {
-                        StoreError::Failed
-                    };
+                    let err = if disk_full { StoreError::DiskFull { needed, available } } else { StoreError::Failed };
                     let _ = job.reply.send(Err(err));
                 }
             }
