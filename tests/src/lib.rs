@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// `../shared/corpora` beside the repository, if present.
@@ -33,7 +36,9 @@ pub fn binary() -> PathBuf {
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo build: {e}"));
         assert!(status.success(), "cargo build -p plenary failed");
-        let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("target"));
         target.join("debug/plenary")
     })
     .clone()
@@ -56,20 +61,36 @@ impl Daemon {
     pub fn start(root: &Path, smtp_extra: &str, other: &str) -> Daemon {
         let config = root.join("plenary.toml");
         let data = root.join("data");
-        let per_ip = if smtp_extra.contains("max_connections_per_ip") { "" } else { "max_connections_per_ip = 200\n" };
+        let per_ip = if smtp_extra.contains("max_connections_per_ip") {
+            ""
+        } else {
+            "max_connections_per_ip = 200\n"
+        };
         let text = format!(
             "[data]\ndir = \"{}\"\nmin_free_mb = 0\n\n[smtp]\nlisten = \"127.0.0.1:0\"\n{per_ip}{smtp_extra}\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n[search]\ncommit_delay_ms = 20\n\n{other}\n",
             data.display()
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("write config: {e}"));
-        let mut d = Daemon { child: None, root: root.to_path_buf(), config, smtp: ([0, 0, 0, 0], 0).into(), lmtp: None, web: ([0, 0, 0, 0], 0).into(), log: root.join("daemon.log") };
+        let mut d = Daemon {
+            child: None,
+            root: root.to_path_buf(),
+            config,
+            smtp: ([0, 0, 0, 0], 0).into(),
+            lmtp: None,
+            web: ([0, 0, 0, 0], 0).into(),
+            log: root.join("daemon.log"),
+        };
         d.spawn();
         d
     }
 
     /// Start the process again with the current config (after it exited or was killed).
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap_or_else(|e| panic!("log: {e}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("log: {e}"));
         let mut child = Command::new(binary())
             .args(["--config", &self.config.to_string_lossy(), "serve"])
             .current_dir(&self.root)
@@ -100,7 +121,10 @@ impl Daemon {
             } else if let Some(v) = word.strip_prefix("lmtp=") {
                 self.lmtp = Some(v.parse().unwrap_or_else(|e| panic!("lmtp addr {v}: {e}")));
             } else if let Some(v) = word.strip_prefix("web=http://") {
-                self.web = v.trim_end_matches('/').parse().unwrap_or_else(|e| panic!("web addr {v}: {e}"));
+                self.web = v
+                    .trim_end_matches('/')
+                    .parse()
+                    .unwrap_or_else(|e| panic!("web addr {v}: {e}"));
             }
         }
     }
@@ -174,7 +198,11 @@ impl Daemon {
     /// Create a list through the CLI (works whether or not the daemon runs).
     pub fn create_list(&self, address: &str) {
         let out = self.cli(&["list", "create", address, "--name", "Test list"]);
-        assert!(out.status.success(), "list create failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "list create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -191,7 +219,13 @@ impl Daemon {
     /// Number of archived messages in `list`, from the public API.
     pub fn count(&self, list: &str) -> u64 {
         let v = self.api("/api/v1/lists");
-        v["lists"].as_array().into_iter().flatten().find(|l| l["address"] == list).and_then(|l| l["messages"].as_u64()).unwrap_or(0)
+        v["lists"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["address"] == list)
+            .and_then(|l| l["messages"].as_u64())
+            .unwrap_or(0)
     }
 
     /// Wait until a search for `q` has at least `n` hits (the index commits asynchronously).
@@ -313,7 +347,9 @@ impl Smtp {
             match self.s.read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return false
+                }
                 Err(_) => return true,
             }
         }

@@ -13,14 +13,25 @@ fn python_counts(paths: &[PathBuf]) -> serde_json::Value {
         .args(paths)
         .output()
         .expect("python3");
-    assert!(out.status.success(), "count_mbox.py: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "count_mbox.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// Parse "N messages read: I imported, D duplicates, R repaired, X rejected".
 fn summary(stdout: &str) -> [u64; 5] {
-    let line = stdout.lines().find(|l| l.contains("messages read:")).unwrap_or_else(|| panic!("no summary in {stdout}"));
-    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("messages read:"))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
     [nums[0], nums[1], nums[2], nums[3], nums[4]]
 }
 
@@ -30,21 +41,36 @@ fn import_and_check(dir: &Path, paths: &[PathBuf]) -> Daemon {
     let mut d = Daemon::start(dir, "", "");
     d.create_list(LIST);
     d.stop();
-    let args: Vec<String> = ["import", "--list", LIST].iter().map(|s| s.to_string()).chain(paths.iter().map(|p| p.display().to_string())).collect();
+    let args: Vec<String> = ["import", "--list", LIST]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(paths.iter().map(|p| p.display().to_string()))
+        .collect();
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let started = Instant::now();
     let out = d.cli(&argv);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let [read, imported, duplicates, _repaired, rejected] = summary(&stdout);
     let py = python_counts(paths);
     let count = py["count"].as_u64().expect("count");
     let unique = py["unique_ids"].as_u64().expect("unique");
     let missing = py["missing_ids"].as_u64().expect("missing");
-    eprintln!("imported {} in {:?}: {stdout}python: {count} messages, {unique} distinct ids, {missing} without id", paths.len(), started.elapsed());
+    eprintln!(
+        "imported {} in {:?}: {stdout}python: {count} messages, {unique} distinct ids, {missing} without id",
+        paths.len(),
+        started.elapsed()
+    );
     assert_eq!(read, count, "we must read exactly the messages Python's mailbox reads");
     assert_eq!(imported + duplicates + rejected, read, "every message is accounted for");
-    assert!(imported >= unique && imported <= unique + missing, "imported {imported}, python distinct ids {unique} (+{missing} without id)");
+    assert!(
+        imported >= unique && imported <= unique + missing,
+        "imported {imported}, python distinct ids {unique} (+{missing} without id)"
+    );
     // Re-importing adds nothing.
     let again = d.cli(&argv);
     let [read2, imported2, dup2, _, _] = summary(&String::from_utf8_lossy(&again.stdout));
@@ -59,12 +85,21 @@ fn import_and_check(dir: &Path, paths: &[PathBuf]) -> Daemon {
         assert!(page.contains("In reply to"), "{child} must link its parent");
         let (status, thread) = d.get(&format!("/lists/{LIST}/t/{}/", urlencode(parent)));
         assert_eq!(status, 200);
-        assert!(thread.contains(&urlencode(child).replace("%2F", "&#x2f;")) || thread.contains(child), "thread of {parent} lacks {child}");
+        assert!(
+            thread.contains(&urlencode(child).replace("%2F", "&#x2f;")) || thread.contains(child),
+            "thread of {parent} lacks {child}"
+        );
     }
     // Search finds known phrases (subjects, as a quoted phrase).
     let mut checked = 0;
     for s in py["subjects"].as_array().into_iter().flatten().take(5) {
-        let words: Vec<&str> = s[1].as_str().unwrap_or("").split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).take(4).collect();
+        let words: Vec<&str> = s[1]
+            .as_str()
+            .unwrap_or("")
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(4)
+            .collect();
         if words.len() < 3 {
             continue;
         }
@@ -85,7 +120,14 @@ fn pipermail_txt_gz_and_txt() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut paths = Vec::new();
-    for list in ["divunal-author", "divunal-devel", "divunal-list", "inheritance", "reality", "twisted-web"] {
+    for list in [
+        "divunal-author",
+        "divunal-devel",
+        "divunal-list",
+        "inheritance",
+        "reality",
+        "twisted-web",
+    ] {
         for e in std::fs::read_dir(c.join("twisted-pipermail").join(list)).expect("dir") {
             paths.push(e.expect("entry").path());
         }
@@ -95,13 +137,20 @@ fn pipermail_txt_gz_and_txt() {
     let gz = paths.pop().expect("a file");
     let txt = dir.path().join("month.txt");
     let mut plain = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(std::fs::File::open(&gz).expect("open")), &mut plain).expect("gunzip");
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(&gz).expect("open")),
+        &mut plain,
+    )
+    .expect("gunzip");
     std::fs::write(&txt, plain).expect("write");
     paths.push(txt);
     let d = import_and_check(dir.path(), &paths);
     // Pipermail's "user at host" addresses are obfuscated too.
     let (_, page) = d.get(&format!("/lists/{LIST}/"));
-    assert!(!page.contains(" at twistedmatrix.com"), "pipermail-style addresses must be hidden");
+    assert!(
+        !page.contains(" at twistedmatrix.com"),
+        "pipermail-style addresses must be hidden"
+    );
 }
 
 #[test]
@@ -111,7 +160,11 @@ fn lore_mboxrd() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(c.join("jailhouse-dev-lore")).expect("dir").map(|e| e.expect("e").path()).filter(|p| p.extension().is_some_and(|x| x == "gz")).collect();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(c.join("jailhouse-dev-lore"))
+        .expect("dir")
+        .map(|e| e.expect("e").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gz"))
+        .collect();
     paths.sort();
     import_and_check(dir.path(), &paths);
 }
@@ -134,7 +187,14 @@ fn hard_message_corpora_import_and_render() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mut files = Vec::new();
-    for corpus in ["mime4j-testmsgs", "flanker-fixtures", "nodemailer-fixtures", "mimekit-testdata", "ruby-mail-fixtures", "charset-torture"] {
+    for corpus in [
+        "mime4j-testmsgs",
+        "flanker-fixtures",
+        "nodemailer-fixtures",
+        "mimekit-testdata",
+        "ruby-mail-fixtures",
+        "charset-torture",
+    ] {
         let mut stack = vec![c.join(corpus)];
         while let Some(p) = stack.pop() {
             for e in std::fs::read_dir(&p).expect("dir") {
@@ -173,7 +233,11 @@ fn hard_message_corpora_import_and_render() {
         }
         for m in msgs {
             let id = m["message_id"].as_str().expect("id");
-            for path in [format!("/lists/{LIST}/m/{}/", urlencode(id)), format!("/lists/{LIST}/t/{}/", urlencode(id)), format!("/lists/{LIST}/m/{}/raw", urlencode(id))] {
+            for path in [
+                format!("/lists/{LIST}/m/{}/", urlencode(id)),
+                format!("/lists/{LIST}/t/{}/", urlencode(id)),
+                format!("/lists/{LIST}/m/{}/raw", urlencode(id)),
+            ] {
                 let t = Instant::now();
                 let (status, body) = d.get(&path);
                 let took = t.elapsed();

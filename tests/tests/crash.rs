@@ -14,10 +14,18 @@ const LIST: &str = "crash@lists.example.org";
 const SESSIONS: usize = 16;
 const ROUNDS: usize = 5;
 
-fn sender(addr: std::net::SocketAddr, round: usize, t: usize, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<(String, String)>>>) {
+fn sender(
+    addr: std::net::SocketAddr,
+    round: usize,
+    t: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+) {
     let mut n = 0usize;
     while !stop.load(Ordering::SeqCst) {
-        let Ok(stream) = std::net::TcpStream::connect(addr) else { return };
+        let Ok(stream) = std::net::TcpStream::connect(addr) else {
+            return;
+        };
         drop(stream);
         let mut c = Smtp::connect(addr);
         if !c.reply().starts_with("220") || !c.cmd("EHLO crash.test").starts_with("250") {
@@ -76,7 +84,11 @@ fn every_acknowledged_message_survives_kill_9() {
         d.restart();
     }
     let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    assert!(acked.len() > 100, "the load generator got too few 250s ({}) to prove anything", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load generator got too few 250s ({}) to prove anything",
+        acked.len()
+    );
     // Every acknowledged message is stored...
     let mut missing = Vec::new();
     for (id, _) in &acked {
@@ -85,20 +97,39 @@ fn every_acknowledged_message_survives_kill_9() {
             missing.push(id.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged messages lost after {ROUNDS} kills: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages lost after {ROUNDS} kills: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
     // ...and searchable by its own token once the index has caught up.
     let stored = d.count(LIST);
     let all = d.wait_search("crashword", stored);
-    assert_eq!(all["total"].as_u64(), Some(stored), "index must cover the whole store: {all}");
+    assert_eq!(
+        all["total"].as_u64(),
+        Some(stored),
+        "index must cover the whole store: {all}"
+    );
     let mut unsearchable = Vec::new();
     for (id, token) in &acked {
         let v = d.api(&format!("/api/v1/search?q={token}"));
-        let found = v["hits"].as_array().into_iter().flatten().any(|h| h["message_id"] == id.as_str());
+        let found = v["hits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h["message_id"] == id.as_str());
         if !found {
             unsearchable.push(id.clone());
         }
     }
-    assert!(unsearchable.is_empty(), "{} acknowledged messages not searchable: {:?}", unsearchable.len(), &unsearchable[..unsearchable.len().min(10)]);
+    assert!(
+        unsearchable.is_empty(),
+        "{} acknowledged messages not searchable: {:?}",
+        unsearchable.len(),
+        &unsearchable[..unsearchable.len().min(10)]
+    );
     eprintln!(
         "crash test: {} acknowledged messages checked after {ROUNDS} kill -9s; {} stored in all (the rest were committed but the 250 was lost with the process)",
         acked.len(),

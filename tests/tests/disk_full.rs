@@ -17,8 +17,16 @@ impl Drop for Mount {
 }
 
 fn avail(p: &Path) -> u64 {
-    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(p).output().expect("df");
-    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(p)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn fill(p: &Path, leave: u64) {
@@ -40,7 +48,10 @@ fn fill(p: &Path, leave: u64) {
 }
 
 fn message(i: usize) -> String {
-    format!("Message-ID: <full-{i}@example.org>\r\nSubject: disk {i}\r\n\r\n{}", "payload line for the disk full test\r\n".repeat(1500))
+    format!(
+        "Message-ID: <full-{i}@example.org>\r\nSubject: disk {i}\r\n\r\n{}",
+        "payload line for the disk full test\r\n".repeat(1500)
+    )
 }
 
 #[test]
@@ -48,7 +59,10 @@ fn full_disk_refuses_with_452_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).expect("mkdir");
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"]).arg(&mnt).output();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"])
+        .arg(&mnt)
+        .output();
     if !ok.map(|o| o.status.success()).unwrap_or(false) {
         eprintln!("SKIPPED disk-full test: cannot mount a tmpfs here (needs root)");
         return;
@@ -59,7 +73,9 @@ fn full_disk_refuses_with_452_and_recovers() {
     // Phase 1: below the configured reserve, 452 at once; back to 250 when space returns.
     let mut d = Daemon::start(&root, "", "");
     d.create_list(LIST);
-    let cfg = std::fs::read_to_string(&d.config).expect("config").replace("min_free_mb = 0", "min_free_mb = 16");
+    let cfg = std::fs::read_to_string(&d.config)
+        .expect("config")
+        .replace("min_free_mb = 0", "min_free_mb = 16");
     std::fs::write(&d.config, cfg).expect("config");
     d.restart();
     eprintln!("free on the tmpfs after start: {} MiB", avail(&mnt) >> 20);
@@ -79,7 +95,9 @@ fn full_disk_refuses_with_452_and_recovers() {
     acked.push(3);
     // Phase 2: no reserve, the disk really fills. Never a 250 for what was not stored; the
     // store fails stop (exit 75) and, restarted with space, has everything it acknowledged.
-    let cfg = std::fs::read_to_string(&d.config).expect("config").replace("min_free_mb = 16", "min_free_mb = 0");
+    let cfg = std::fs::read_to_string(&d.config)
+        .expect("config")
+        .replace("min_free_mb = 16", "min_free_mb = 0");
     std::fs::write(&d.config, cfg).expect("config");
     d.restart();
     fill(&mnt, 2 << 20);
@@ -96,7 +114,10 @@ fn full_disk_refuses_with_452_and_recovers() {
             None => break,
         }
     }
-    eprintln!("phase 2: {} acknowledged before the disk filled; refusal: {refused:?}", acked.len());
+    eprintln!(
+        "phase 2: {} acknowledged before the disk filled; refusal: {refused:?}",
+        acked.len()
+    );
     for l in d.log_text().lines().filter(|l| l.contains("ERROR")) {
         eprintln!("log: {l}");
     }

@@ -14,7 +14,9 @@ fn daemon(dir: &std::path::Path) -> Daemon {
 }
 
 fn lettre(d: &Daemon) -> SmtpTransport {
-    SmtpTransport::builder_dangerous(d.smtp.ip().to_string()).port(d.smtp.port()).build()
+    SmtpTransport::builder_dangerous(d.smtp.ip().to_string())
+        .port(d.smtp.port())
+        .build()
 }
 
 #[test]
@@ -43,14 +45,23 @@ fn message_sent_with_lettre_appears_everywhere_and_is_redacted() {
 
     let (status, list_page) = d.get("/lists/gov@lists.example.org/");
     assert_eq!(status, 200);
-    assert!(list_page.contains("Charter draft for the coalition"), "list page: {list_page}");
+    assert!(
+        list_page.contains("Charter draft for the coalition"),
+        "list page: {list_page}"
+    );
     assert!(list_page.contains("2 messages"), "thread of two on the list page");
     let (status, msg) = d.get("/lists/gov@lists.example.org/m/charter-1@example.org/");
     assert_eq!(status, 200);
-    assert!(msg.contains("quokka clause") && msg.contains("charter-2@example.net"), "permalink shows the reply");
+    assert!(
+        msg.contains("quokka clause") && msg.contains("charter-2@example.net"),
+        "permalink shows the reply"
+    );
     let (status, thread) = d.get("/lists/gov@lists.example.org/t/charter-2@example.net/");
     assert_eq!(status, 200);
-    assert!(thread.contains("Please review") && thread.contains("Agreed on"), "thread holds both");
+    assert!(
+        thread.contains("Please review") && thread.contains("Agreed on"),
+        "thread holds both"
+    );
     let hits = d.wait_search("quokka", 2);
     assert_eq!(hits["total"], 2, "{hits}");
     let api = d.api("/api/v1/lists/gov@lists.example.org/messages/charter-1@example.org");
@@ -77,16 +88,28 @@ fn message_sent_with_lettre_appears_everywhere_and_is_redacted() {
     for path in &surfaces {
         let (status, body) = d.get(path);
         assert_eq!(status, 200, "{path}");
-        for secret in ["ada.private@example.org", "bob.hidden@example.net", "sender@test.example", "[127.0.0.1]", "Received"] {
+        for secret in [
+            "ada.private@example.org",
+            "bob.hidden@example.net",
+            "sender@test.example",
+            "[127.0.0.1]",
+            "Received",
+        ] {
             assert!(!body.contains(secret), "{path} shows {secret}");
         }
     }
     let snippet = d.api("/api/v1/search?q=reach");
-    assert!(snippet.to_string().contains("a…@e…"), "the snippet shows the obfuscated form: {snippet}");
+    assert!(
+        snippet.to_string().contains("a…@e…"),
+        "the snippet shows the obfuscated form: {snippet}"
+    );
 }
 
 fn chrono_month() -> String {
-    let out = std::process::Command::new("date").args(["-u", "+%Y/%m"]).output().expect("date");
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y/%m"])
+        .output()
+        .expect("date");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -115,8 +138,17 @@ print("ok")
         ip = d.smtp.ip(),
         port = d.smtp.port()
     );
-    let out = std::process::Command::new("python3").arg("-c").arg(&script).output().expect("python3");
-    assert!(out.status.success(), "python: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(d.count(LIST), 1);
     assert_eq!(d.wait_search("wombat", 1)["total"], 1);
 }
@@ -128,8 +160,18 @@ fn only_list_addresses_are_accepted() {
     let mut c = Smtp::open(d.smtp);
     assert!(c.cmd("EHLO t.test").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<a@t.test>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<nosuchlist@lists.example.org>").starts_with("550 5.1.1"), "R-02");
-    for r in ["gov-request", "gov-join", "gov-leave", "gov-owner", "gov-bounces", "gov-bounces+bob=x.org"] {
+    assert!(
+        c.cmd("RCPT TO:<nosuchlist@lists.example.org>").starts_with("550 5.1.1"),
+        "R-02"
+    );
+    for r in [
+        "gov-request",
+        "gov-join",
+        "gov-leave",
+        "gov-owner",
+        "gov-bounces",
+        "gov-bounces+bob=x.org",
+    ] {
         let reply = c.cmd(&format!("RCPT TO:<{r}@lists.example.org>"));
         assert!(reply.starts_with("250"), "{r}: {reply}");
     }
@@ -141,7 +183,11 @@ fn only_list_addresses_are_accepted() {
     assert!(c.cmd("RSET").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
     // Mail to a command address is kept (for the list engine), not archived.
-    let r = send_raw(d.smtp, "gov-request@lists.example.org", "Subject: subscribe\r\n\r\nsubscribe");
+    let r = send_raw(
+        d.smtp,
+        "gov-request@lists.example.org",
+        "Subject: subscribe\r\n\r\nsubscribe",
+    );
     assert!(r.starts_with("250") && r.contains("inbox"), "{r}");
     assert_eq!(d.count(LIST), 0);
 }
@@ -161,10 +207,18 @@ fn same_message_id_twice_is_stored_once_and_no_archive_is_hidden() {
     assert!(send_raw(d.smtp, LIST, also).starts_with("250"));
     assert_eq!(d.count(LIST), 1);
     assert_eq!(d.get("/lists/gov@lists.example.org/m/hidden@example.org/").0, 404);
-    assert_eq!(d.get("/api/v1/lists/gov@lists.example.org/messages/hidden2@example.org").0, 404);
+    assert_eq!(
+        d.get("/api/v1/lists/gov@lists.example.org/messages/hidden2@example.org")
+            .0,
+        404
+    );
     let marker = "Message-ID: <after@example.org>\r\nSubject: marker\r\n\r\nplatypus marker";
     assert!(send_raw(d.smtp, LIST, marker).starts_with("250"));
-    assert_eq!(d.wait_search("platypus", 1)["total"], 1, "only the archivable message is indexed");
+    assert_eq!(
+        d.wait_search("platypus", 1)["total"],
+        1,
+        "only the archivable message is indexed"
+    );
 }
 
 #[test]
@@ -208,7 +262,10 @@ fn cli_works_beside_the_daemon_and_offline() {
     let out = d.cli(&["import", "--list", LIST, &mbox.to_string_lossy()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("2 messages read: 2 imported, 0 duplicates, 1 repaired, 0 rejected"), "{text}");
+    assert!(
+        text.contains("2 messages read: 2 imported, 0 duplicates, 1 repaired, 0 rejected"),
+        "{text}"
+    );
     let again = d.cli(&["import", "--list", LIST, &mbox.to_string_lossy()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 imported, 2 duplicates"));
     assert_eq!(d.wait_search("narwhal", 2)["total"], 2);
@@ -216,26 +273,54 @@ fn cli_works_beside_the_daemon_and_offline() {
     let (_, june) = d.get("/lists/gov@lists.example.org/1999/06/");
     assert!(june.contains("no id, no date"), "{june}");
     // A second daemon on the same data refuses to start (F-16).
-    let second = std::process::Command::new(plenary_e2e::binary()).arg("--config").arg(&d.config).arg("serve").output().expect("run");
+    let second = std::process::Command::new(plenary_e2e::binary())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("serve")
+        .output()
+        .expect("run");
     assert!(!second.status.success());
-    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another process"), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     // Stopped: the CLI opens the data itself.
     assert_eq!(d.stop(), Some(0), "SIGTERM exits cleanly");
     let out = d.cli(&["list", "create", "offline@lists.example.org"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = d.cli(&["index", "rebuild"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("index rebuilt: 2 messages"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("index rebuilt: 2 messages"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn bad_config_names_every_bad_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("bad.toml");
-    std::fs::write(&cfg, "[smtp]\nlisten = \"nope\"\nmax_errors = -1\ncolour = 1\n[web]\npage_size = \"x\"\n").expect("write");
-    let out = std::process::Command::new(plenary_e2e::binary()).arg("--config").arg(&cfg).args(["config", "check"]).output().expect("run");
+    std::fs::write(
+        &cfg,
+        "[smtp]\nlisten = \"nope\"\nmax_errors = -1\ncolour = 1\n[web]\npage_size = \"x\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(plenary_e2e::binary())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["config", "check"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for k in ["smtp.listen", "smtp.max_errors", "smtp.colour", "web.page_size", "4 problems"] {
+    for k in [
+        "smtp.listen",
+        "smtp.max_errors",
+        "smtp.colour",
+        "web.page_size",
+        "4 problems",
+    ] {
         assert!(err.contains(k), "missing {k}: {err}");
     }
     let ok = std::process::Command::new(plenary_e2e::binary())

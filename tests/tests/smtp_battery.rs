@@ -133,7 +133,10 @@ fn s_command_and_data_limits() {
     c.send(&big);
     assert!(c.reply().starts_with("500 5.5.2"));
     let rss_after = rss(d.pid());
-    assert!(rss_after < rss_before + 8 * 1024, "RSS grew from {rss_before} kB to {rss_after} kB on a 10 MB line");
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB on a 10 MB line"
+    );
     assert!(c.cmd("NOOP").starts_with("250"), "still in sync");
     // S-02: a 5 MB body line.
     let mut line = vec![b'x'; 5 * 1024 * 1024];
@@ -180,19 +183,31 @@ fn s_command_and_data_limits() {
     let mut c = Smtp::open(d.smtp);
     c.cmd("EHLO t.test");
     let r = c.cmd(&format!("MAIL FROM:<`touch {}`@t.test>", marker.display()));
-    assert!(r.starts_with("250") || r.starts_with("501") || r.starts_with("553"), "{r}");
+    assert!(
+        r.starts_with("250") || r.starts_with("501") || r.starts_with("553"),
+        "{r}"
+    );
     c.cmd("RSET");
     let r = c.cmd("MAIL FROM:<\"|sh -c id\"@t.test>");
-    assert!(r.starts_with("250") || r.starts_with("501") || r.starts_with("553"), "{r}");
+    assert!(
+        r.starts_with("250") || r.starts_with("501") || r.starts_with("553"),
+        "{r}"
+    );
     let r = c.cmd("RCPT TO:<${run{/bin/id}}@lists.example.org>");
     assert!(r.starts_with('5'), "{r}");
     assert!(!marker.exists());
     // S-09: address length and bytes.
     let mut c = Smtp::open(d.smtp);
     c.cmd("EHLO t.test");
-    assert!(c.cmd(&format!("MAIL FROM:<{}@t.test>", "a".repeat(65))).starts_with("553"));
-    assert!(c.cmd(&format!("MAIL FROM:<a@{}.test>", "b".repeat(995))).starts_with("5"));
-    assert!(c.cmd(&format!("MAIL FROM:<{}@t.test>", "c".repeat(100_000))).starts_with("500"));
+    assert!(c
+        .cmd(&format!("MAIL FROM:<{}@t.test>", "a".repeat(65)))
+        .starts_with("553"));
+    assert!(c
+        .cmd(&format!("MAIL FROM:<a@{}.test>", "b".repeat(995)))
+        .starts_with("5"));
+    assert!(c
+        .cmd(&format!("MAIL FROM:<{}@t.test>", "c".repeat(100_000)))
+        .starts_with("500"));
     assert!(c.cmd("MAIL FROM:<a\0b@t>").starts_with("501"));
     c.send(b"EHLO \xff\xfe\r\n");
     assert!(c.reply().starts_with("501"));
@@ -259,7 +274,10 @@ fn s_timeouts_early_talkers_and_connection_caps() {
             assert!(r.starts_with("421 4.4.2"), "{r}");
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(10), "idle timeout closes connections");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "idle timeout closes connections"
+    );
     drop(conns);
     std::thread::sleep(Duration::from_millis(200));
     // S-12: slow DATA is cut off by the session cap.
@@ -298,7 +316,11 @@ fn s13_s14_header_bombs_and_loops() {
     folded.extend_from_slice(b"\r\n\r\nbody\r\n.\r\n");
     refused_in_sync(&d, &folded, "554 5.6.0");
     // S-14: our own List-Id, our X-Loop, too many Received headers.
-    refused_in_sync(&d, b"List-Id: Test <list.lists.example.org>\r\n\r\nloop\r\n.\r\n", "554 5.4.6");
+    refused_in_sync(
+        &d,
+        b"List-Id: Test <list.lists.example.org>\r\n\r\nloop\r\n.\r\n",
+        "554 5.4.6",
+    );
     refused_in_sync(&d, b"X-Loop: list@lists.example.org\r\n\r\nloop\r\n.\r\n", "554 5.4.6");
     let mut hops = b"Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(31);
     hops.extend_from_slice(b"\r\nloop\r\n.\r\n");
@@ -325,12 +347,21 @@ fn r01_r02_no_open_relay() {
         "nosuchlist@lists.example.org",
     ] {
         let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
-        assert!(r.starts_with("550") || r.starts_with("554") || r.starts_with("501") || r.starts_with("553"), "{rcpt}: {r}");
+        assert!(
+            r.starts_with("550") || r.starts_with("554") || r.starts_with("501") || r.starts_with("553"),
+            "{rcpt}: {r}"
+        );
     }
-    assert!(c.cmd("RCPT TO:<nosuchlist@lists.example.org>").starts_with("550 5.1.1"), "R-02");
+    assert!(
+        c.cmd("RCPT TO:<nosuchlist@lists.example.org>").starts_with("550 5.1.1"),
+        "R-02"
+    );
     assert!(c.cmd("RCPT TO:<v@other.test>").starts_with("554 5.7.1"), "R-01");
     assert!(c.cmd("DATA").starts_with("554 5.5.1"), "no valid recipients");
-    assert!(c.cmd("RCPT TO:<LIST@Lists.Example.Org>").starts_with("250"), "exact list address, any case");
+    assert!(
+        c.cmd("RCPT TO:<LIST@Lists.Example.Org>").starts_with("250"),
+        "exact list address, any case"
+    );
     alive(&d);
 }
 
@@ -355,7 +386,8 @@ fn m_mime_bombs_never_crash_the_daemon() {
     m.extend_from_slice(b".\r\n");
     refused_in_sync(&d, &m, "554 5.6.0");
     // M-04: a 26 MB base64 attachment on one line: over the size cap while streaming.
-    let mut m = b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    let mut m =
+        b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
     m.extend(std::iter::repeat_n(b'Q', 26 * 1024 * 1024));
     m.extend_from_slice(b"\r\n--a--\r\n.\r\n");
     refused_in_sync(&d, &m, "552 5.3.4");
@@ -373,7 +405,17 @@ fn s07_starttls_discards_injected_plaintext() {
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     let st = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "2"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "2",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -381,7 +423,10 @@ fn s07_starttls_discards_injected_plaintext() {
         .output()
         .expect("openssl");
     assert!(st.status.success(), "openssl: {}", String::from_utf8_lossy(&st.stderr));
-    let d = daemon(dir.path(), &format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()));
+    let d = daemon(
+        dir.path(),
+        &format!("tls_cert = \"{}\"\ntls_key = \"{}\"", cert.display(), key.display()),
+    );
     let script = format!(
         r#"
 import socket, ssl
@@ -427,7 +472,16 @@ print("ok")
         ip = d.smtp.ip(),
         port = d.smtp.port()
     );
-    let out = std::process::Command::new("python3").arg("-c").arg(&script).output().expect("python3");
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(d.count(LIST), 1);
 }

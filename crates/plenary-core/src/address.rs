@@ -107,11 +107,7 @@ impl ListAddress {
             "-bounces" => Some(RecipientKind::Bounces(String::new())),
             _ => {
                 let token = rest.strip_prefix("-bounces+")?;
-                if token.is_empty()
-                    || !token
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"=._-".contains(&b))
-                {
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"=._-".contains(&b)) {
                     return None;
                 }
                 Some(RecipientKind::Bounces(token.to_string()))
@@ -225,7 +221,10 @@ mod tests {
     fn classifies_sub_addresses() {
         let l = list();
         assert_eq!(l.classify("GOV@lists.example.org"), Some(RecipientKind::Post));
-        assert_eq!(l.classify("gov-request@lists.example.org"), Some(RecipientKind::Request));
+        assert_eq!(
+            l.classify("gov-request@lists.example.org"),
+            Some(RecipientKind::Request)
+        );
         assert_eq!(l.classify("gov-join@lists.example.org"), Some(RecipientKind::Join));
         assert_eq!(l.classify("gov-leave@lists.example.org"), Some(RecipientKind::Leave));
         assert_eq!(l.classify("gov-owner@lists.example.org"), Some(RecipientKind::Owner));

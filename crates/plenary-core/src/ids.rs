@@ -67,9 +67,18 @@ mod tests {
 
     #[test]
     fn key_bytes_round_trip_and_order() {
-        let a = MessageKey { list: ListId(1), seq: 255 };
-        let b = MessageKey { list: ListId(1), seq: 256 };
-        let c = MessageKey { list: ListId(2), seq: 1 };
+        let a = MessageKey {
+            list: ListId(1),
+            seq: 255,
+        };
+        let b = MessageKey {
+            list: ListId(1),
+            seq: 256,
+        };
+        let c = MessageKey {
+            list: ListId(2),
+            seq: 1,
+        };
         assert!(a.to_bytes() < b.to_bytes());
         assert!(b.to_bytes() < c.to_bytes());
         assert_eq!(MessageKey::from_bytes(&b.to_bytes()), Some(b));

@@ -8,9 +8,9 @@
 
 use mail_parser::{HeaderValue, MessageParser};
 use regex::Regex;
-use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::LazyLock;
 
 /// Where a message came from. Imported messages are archived but never delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,7 +88,9 @@ pub fn clean_message_id(id: &str) -> Option<String> {
     let id = id.trim().trim_start_matches('<').trim_end_matches('>').trim();
     if id.is_empty()
         || id.len() > MAX_ID_LEN
-        || id.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        || id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
     {
         return None;
     }
@@ -133,7 +135,9 @@ static ASCTIME: LazyLock<Regex> = LazyLock::new(|| {
 pub fn parse_asctime(s: &str) -> Option<i64> {
     let c = ASCTIME.captures(s)?;
     let t = format!("{} {} {} {}:{}:{} {}", &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]);
-    chrono::NaiveDateTime::parse_from_str(&t, "%a %b %d %H:%M:%S %Y").ok().map(|d| d.and_utc().timestamp())
+    chrono::NaiveDateTime::parse_from_str(&t, "%a %b %d %H:%M:%S %Y")
+        .ok()
+        .map(|d| d.and_utc().timestamp())
 }
 
 fn sane_date(ts: i64, now: i64) -> bool {
@@ -146,7 +150,9 @@ impl MessageMeta {
     /// mail-parser 0.11 panics on some malformed multiparts ("Invalid part ID"); a panic is
     /// caught here and the message is kept as unparsed, so one message cannot stop a worker.
     pub fn extract(raw: &[u8], fallback: Fallback) -> MessageMeta {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| MessageMeta::extract_inner(raw, fallback))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            MessageMeta::extract_inner(raw, fallback)
+        })) {
             Ok(m) => m,
             Err(_) => MessageMeta::unparsed(raw, fallback, PARSER_FAILED),
         }
@@ -238,7 +244,10 @@ mod tests {
     const NOW: i64 = 1_760_000_000;
 
     fn fb() -> Fallback {
-        Fallback { envelope_date: None, received_at: NOW }
+        Fallback {
+            envelope_date: None,
+            received_at: NOW,
+        }
     }
 
     #[test]
@@ -260,7 +269,13 @@ mod tests {
     #[test]
     fn repairs_missing_id_and_date() {
         let raw = b"From: a@b.org\r\nSubject: x\r\n\r\nbody\r\n";
-        let m = MessageMeta::extract(raw, Fallback { envelope_date: Some(1_000_000_000), received_at: NOW });
+        let m = MessageMeta::extract(
+            raw,
+            Fallback {
+                envelope_date: Some(1_000_000_000),
+                received_at: NOW,
+            },
+        );
         assert!(m.generated_id);
         assert_eq!(m.message_id, MessageMeta::extract(raw, fb()).message_id);
         assert!(m.message_id.ends_with("@generated.plenary.invalid"));
@@ -271,7 +286,8 @@ mod tests {
 
     #[test]
     fn date_from_received_when_header_is_broken() {
-        let raw = b"Received: from x by y; Wed, 2 Jan 2002 03:04:05 +0000\r\nDate: garbage\r\nFrom: a@b.org\r\n\r\nbody\r\n";
+        let raw =
+            b"Received: from x by y; Wed, 2 Jan 2002 03:04:05 +0000\r\nDate: garbage\r\nFrom: a@b.org\r\n\r\nbody\r\n";
         let m = MessageMeta::extract(raw, fb());
         assert!(m.date_repaired);
         assert_eq!(m.date, 1_009_940_645);
@@ -306,20 +322,34 @@ mod parser_panic_tests {
     /// mail-parser 0.11.9 panics on these fragments of a Content-Length mbox split at `From `.
     #[test]
     fn parser_panic_becomes_unparsed() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/mimekit-testdata/mbox/content-length.mbox.txt");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/corpora/mimekit-testdata/mbox/content-length.mbox.txt");
         let Ok(data) = std::fs::read(&path) else {
             eprintln!("SKIPPED: corpus file {} not present", path.display());
             return;
         };
         let mut unparsed = 0;
-        for frag in data.split(|&b| b == b'\n').collect::<Vec<_>>().split(|l| l.starts_with(b"From ")) {
+        for frag in data
+            .split(|&b| b == b'\n')
+            .collect::<Vec<_>>()
+            .split(|l| l.starts_with(b"From "))
+        {
             let raw = frag.join(&b'\n');
-            let m = MessageMeta::extract(&raw, Fallback { envelope_date: None, received_at: 1_800_000_000 });
+            let m = MessageMeta::extract(
+                &raw,
+                Fallback {
+                    envelope_date: None,
+                    received_at: 1_800_000_000,
+                },
+            );
             if m.unparsed.as_deref() == Some(PARSER_FAILED) {
                 unparsed += 1;
             }
         }
-        assert!(unparsed >= 1, "the corpus still holds a message that makes mail-parser panic");
+        assert!(
+            unparsed >= 1,
+            "the corpus still holds a message that makes mail-parser panic"
+        );
     }
 }
 
@@ -330,12 +360,24 @@ mod pipermail_tests {
     #[test]
     fn pipermail_message_is_not_repaired() {
         let raw = b"From: adiroiban at gmail.com (Adi Roiban)\nDate: Tue, 3 Aug 2021 16:23:33 +0100\nSubject: [Twisted-web] Migration\n announcement\nMessage-ID: <CAFy@mail.gmail.com>\n\nHi,\n";
-        let m = MessageMeta::extract(raw, Fallback { envelope_date: None, received_at: 1_800_000_000 });
+        let m = MessageMeta::extract(
+            raw,
+            Fallback {
+                envelope_date: None,
+                received_at: 1_800_000_000,
+            },
+        );
         assert!(!m.generated_id, "{m:?}");
         assert!(!m.date_repaired, "{m:?}");
         assert_eq!(m.subject, "[Twisted-web] Migration announcement");
         let old = b"From: fog at initd.org (F)\nDate: Tue Mar  1 01:47:36 2005\nMessage-ID: <a@b>\n\nx\n";
-        let m = MessageMeta::extract(old, Fallback { envelope_date: None, received_at: 1_800_000_000 });
+        let m = MessageMeta::extract(
+            old,
+            Fallback {
+                envelope_date: None,
+                received_at: 1_800_000_000,
+            },
+        );
         assert!(!m.date_repaired);
         assert_eq!(m.date, 1_109_641_656);
     }

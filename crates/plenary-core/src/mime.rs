@@ -134,7 +134,10 @@ fn read_header_block(lines: &mut Lines<'_>) -> (BodyKind, usize, usize) {
 fn classify_content_type(value: &[u8]) -> BodyKind {
     let lower = value.to_ascii_lowercase();
     let trimmed: &[u8] = {
-        let s = lower.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(lower.len());
+        let s = lower
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(lower.len());
         &lower[s..]
     };
     if trimmed.starts_with(b"message/rfc822") || trimmed.starts_with(b"message/global") {
@@ -208,16 +211,23 @@ fn delimiter(line: &[u8], boundary: &[u8]) -> Option<bool> {
 pub fn scan(raw: &[u8], limits: &MimeLimits) -> Result<Structure, StructureError> {
     let mut lines = Lines { raw, pos: 0 };
     let mut stack: Vec<Frame> = Vec::new();
-    let mut out = Structure { parts: 1, ..Structure::default() };
+    let mut out = Structure {
+        parts: 1,
+        ..Structure::default()
+    };
 
     let (mut kind, header_bytes, header_fields) = read_header_block(&mut lines);
     out.header_bytes = header_bytes;
     out.header_fields = header_fields;
     if header_bytes > limits.max_header_bytes {
-        return Err(StructureError::HeaderTooLarge { limit: limits.max_header_bytes });
+        return Err(StructureError::HeaderTooLarge {
+            limit: limits.max_header_bytes,
+        });
     }
     if header_fields > limits.max_header_fields {
-        return Err(StructureError::TooManyHeaderFields { limit: limits.max_header_fields });
+        return Err(StructureError::TooManyHeaderFields {
+            limit: limits.max_header_fields,
+        });
     }
 
     loop {
@@ -231,7 +241,9 @@ pub fn scan(raw: &[u8], limits: &MimeLimits) -> Result<Structure, StructureError
         }
         out.depth = out.depth.max(stack.len());
         if stack.len() > limits.max_depth {
-            return Err(StructureError::TooDeep { limit: limits.max_depth });
+            return Err(StructureError::TooDeep {
+                limit: limits.max_depth,
+            });
         }
         if opens_message {
             kind = read_header_block(&mut lines).0;
@@ -255,7 +267,9 @@ pub fn scan(raw: &[u8], limits: &MimeLimits) -> Result<Structure, StructureError
             stack.truncate(i + 1);
             out.parts += 1;
             if out.parts > limits.max_parts {
-                return Err(StructureError::TooManyParts { limit: limits.max_parts });
+                return Err(StructureError::TooManyParts {
+                    limit: limits.max_parts,
+                });
             }
             next = Some(read_header_block(&mut lines).0);
             break;
@@ -304,9 +318,7 @@ mod tests {
     fn deep_multipart_is_rejected() {
         let mut m = Vec::new();
         for i in 0..10_000 {
-            m.extend_from_slice(
-                format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes(),
-            );
+            m.extend_from_slice(format!("Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n").as_bytes());
         }
         assert_eq!(scan(&m, &lim()), Err(StructureError::TooDeep { limit: 32 }));
     }
@@ -327,11 +339,17 @@ mod tests {
             m.extend_from_slice(b"X:a\r\n");
         }
         m.extend_from_slice(b"\r\nbody");
-        assert_eq!(scan(&m, &lim()), Err(StructureError::TooManyHeaderFields { limit: 1000 }));
+        assert_eq!(
+            scan(&m, &lim()),
+            Err(StructureError::TooManyHeaderFields { limit: 1000 })
+        );
         let mut big = b"Subject: ".to_vec();
         big.extend(std::iter::repeat_n(b'a', 300 * 1024));
         big.extend_from_slice(b"\r\n\r\nbody");
-        assert_eq!(scan(&big, &lim()), Err(StructureError::HeaderTooLarge { limit: 256 * 1024 }));
+        assert_eq!(
+            scan(&big, &lim()),
+            Err(StructureError::HeaderTooLarge { limit: 256 * 1024 })
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub struct IndexerSettings {
 
 impl Default for IndexerSettings {
     fn default() -> Self {
-        IndexerSettings { commit_delay: Duration::from_millis(200), max_batch: 20_000, writer_memory: 64 * 1024 * 1024 }
+        IndexerSettings {
+            commit_delay: Duration::from_millis(200),
+            max_batch: 20_000,
+            writer_memory: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -53,14 +57,23 @@ pub struct Indexer {
 impl Indexer {
     pub fn new(store: Store, search: SearchIndex, settings: IndexerSettings) -> Result<Indexer, IndexError> {
         let writer = search.index().writer(settings.writer_memory)?;
-        Ok(Indexer { store, search, writer, settings, policies: HashMap::new() })
+        Ok(Indexer {
+            store,
+            search,
+            writer,
+            settings,
+            policies: HashMap::new(),
+        })
     }
 
     fn policy(&mut self, list: ListId) -> Result<Option<Policy>, IndexError> {
         if let Some(p) = self.policies.get(&list) {
             return Ok(p.clone());
         }
-        let p = self.store.list_by_id(list)?.map(|l| Policy::for_list(l.address.as_str()));
+        let p = self
+            .store
+            .list_by_id(list)?
+            .map(|l| Policy::for_list(l.address.as_str()));
         self.policies.insert(list, p.clone());
         Ok(p)
     }
@@ -84,7 +97,11 @@ impl Indexer {
         // Retry the least-tried suspects first, in the batch size their attempt count allows.
         let min_suspect = pending.iter().map(|(_, a)| *a).filter(|a| *a > 0).min();
         let batch: Vec<(MessageKey, u8)> = match min_suspect {
-            Some(level) => pending.into_iter().filter(|(_, a)| *a == level || *a >= MAX_ATTEMPTS).take(retry_batch(level)).collect(),
+            Some(level) => pending
+                .into_iter()
+                .filter(|(_, a)| *a == level || *a >= MAX_ATTEMPTS)
+                .take(retry_batch(level))
+                .collect(),
             None => pending,
         };
         let mut keys = Vec::with_capacity(batch.len());
@@ -103,10 +120,14 @@ impl Indexer {
         let f = self.search.fields();
         for key in &keys {
             self.writer.delete_term(Term::from_field_u64(f.key, key.to_u64()));
-            let Some(stored) = self.store.message(*key)? else { continue };
+            let Some(stored) = self.store.message(*key)? else {
+                continue;
+            };
             let Some(policy) = self.policy(key.list)? else { continue };
             let raw = self.store.raw(&stored)?;
-            let Some(public) = plenary_redact::redact(*key, &stored.meta, &raw, &policy) else { continue };
+            let Some(public) = plenary_redact::redact(*key, &stored.meta, &raw, &policy) else {
+                continue;
+            };
             let mut doc = TantivyDocument::default();
             doc.add_u64(f.key, key.to_u64());
             doc.add_u64(f.list, u64::from(key.list.0));
@@ -182,14 +203,23 @@ mod tests {
     use plenary_store::{IngestRequest, IngestTarget, StoreSettings};
 
     async fn put(store: &Store, list: ListId, raw: &str) {
-        let meta = MessageMeta::extract(raw.as_bytes(), Fallback { envelope_date: None, received_at: 1_800_000_000 });
+        let meta = MessageMeta::extract(
+            raw.as_bytes(),
+            Fallback {
+                envelope_date: None,
+                received_at: 1_800_000_000,
+            },
+        );
         store
             .ingest(IngestRequest {
                 raw: raw.as_bytes().to_vec(),
                 meta,
                 origin: Origin::Import,
                 envelope_from: String::new(),
-                targets: vec![IngestTarget { list, kind: RecipientKind::Post }],
+                targets: vec![IngestTarget {
+                    list,
+                    kind: RecipientKind::Post,
+                }],
                 received_at: 1_800_000_000,
             })
             .await
@@ -202,16 +232,28 @@ mod tests {
         let mut s = StoreSettings::new(dir.path());
         s.min_free_bytes = 0;
         let store = Store::open(s).expect("store");
-        let list = store.create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "").expect("list");
+        let list = store
+            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
+            .expect("list");
         put(&store, list.id, "From: Ada <ada@example.org>\r\nSubject: Interoperability charter\r\nMessage-ID: <a@x>\r\n\r\nThe zebra crossing standard; mail ada@example.org\r\n").await;
-        put(&store, list.id, "From: Bob <bob@example.org>\r\nSubject: Other\r\nMessage-ID: <b@x>\r\n\r\nnothing here\r\n").await;
+        put(
+            &store,
+            list.id,
+            "From: Bob <bob@example.org>\r\nSubject: Other\r\nMessage-ID: <b@x>\r\n\r\nnothing here\r\n",
+        )
+        .await;
         let (search, created) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
         assert!(created);
         let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
         assert_eq!(ix.step().expect("step"), 2);
         assert_eq!(store.index_pending_len(), 0);
         search.reload().expect("reload");
-        let req = |q: &str| SearchRequest { query: q.into(), list: Some(list.id), offset: 0, limit: 10 };
+        let req = |q: &str| SearchRequest {
+            query: q.into(),
+            list: Some(list.id),
+            offset: 0,
+            limit: 10,
+        };
         let r = search.search(&req("zebra")).expect("search");
         assert_eq!(r.total, 1);
         assert_eq!(r.hits[0].message_id, "a@x");
@@ -227,9 +269,19 @@ mod tests {
         search.reload().expect("reload");
         assert_eq!(search.num_docs(), 2);
         // A crashed batch is retried alone, then quarantined.
-        let other = SearchRequest { query: "charter".into(), list: Some(ListId(99)), offset: 0, limit: 10 };
+        let other = SearchRequest {
+            query: "charter".into(),
+            list: Some(ListId(99)),
+            offset: 0,
+            limit: 10,
+        };
         assert_eq!(search.search(&other).expect("search").total, 0);
-        let deep = SearchRequest { query: format!("{}a{}", "(".repeat(2000), ")".repeat(2000)), list: None, offset: 0, limit: 10 };
+        let deep = SearchRequest {
+            query: format!("{}a{}", "(".repeat(2000), ")".repeat(2000)),
+            list: None,
+            offset: 0,
+            limit: 10,
+        };
         assert!(matches!(search.search(&deep), Err(IndexError::Query(_))));
     }
 
@@ -239,7 +291,9 @@ mod tests {
         let mut s = StoreSettings::new(dir.path());
         s.min_free_bytes = 0;
         let store = Store::open(s).expect("store");
-        let list = store.create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "").expect("list");
+        let list = store
+            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
+            .expect("list");
         put(&store, list.id, "Message-ID: <p@x>\r\n\r\npoison\r\n").await;
         put(&store, list.id, "Message-ID: <q@x>\r\n\r\nfine\r\n").await;
         // Simulate four crashes while indexing <p@x>: its attempt counter is already 4.
@@ -249,7 +303,11 @@ mod tests {
         }
         let (search, _) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
         let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
-        assert_eq!(ix.step().expect("step"), 0, "the poison message is quarantined, not indexed");
+        assert_eq!(
+            ix.step().expect("step"),
+            0,
+            "the poison message is quarantined, not indexed"
+        );
         assert_eq!(ix.step().expect("step"), 1, "the rest is indexed afterwards");
         assert_eq!(store.index_pending_len(), 0);
         assert_eq!(store.index_quarantined().expect("q"), vec![p]);

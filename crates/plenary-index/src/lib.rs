@@ -28,7 +28,10 @@ pub enum IndexError {
     #[error("search index error: {0}")]
     Tantivy(#[from] tantivy::TantivyError),
     #[error("cannot open the search index at {path}: {source}")]
-    Open { path: PathBuf, source: tantivy::TantivyError },
+    Open {
+        path: PathBuf,
+        source: tantivy::TantivyError,
+    },
     #[error("i/o error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("store error: {0}")]

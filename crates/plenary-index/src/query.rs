@@ -14,7 +14,13 @@ pub struct QueryLimits {
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        QueryLimits { max_bytes: 512, max_depth: 8, max_terms: 64, max_page_size: 100, max_offset: 10_000 }
+        QueryLimits {
+            max_bytes: 512,
+            max_depth: 8,
+            max_terms: 64,
+            max_page_size: 100,
+            max_offset: 10_000,
+        }
     }
 }
 
@@ -34,9 +40,14 @@ impl fmt::Display for QueryError {
         match self {
             QueryError::Empty => f.write_str("Type one or more words to search for."),
             QueryError::TooLong { limit } => write!(f, "That search is too long (at most {limit} bytes)."),
-            QueryError::TooDeep { limit } => write!(f, "That search nests parentheses too deeply (at most {limit} levels)."),
+            QueryError::TooDeep { limit } => {
+                write!(f, "That search nests parentheses too deeply (at most {limit} levels).")
+            }
             QueryError::TooManyTerms { limit } => write!(f, "That search has too many words (at most {limit})."),
-            QueryError::OffsetTooLarge { limit } => write!(f, "Results past number {limit} are not available; refine the search instead."),
+            QueryError::OffsetTooLarge { limit } => write!(
+                f,
+                "Results past number {limit} are not available; refine the search instead."
+            ),
             QueryError::Unbalanced => f.write_str("The parentheses or quotes in that search do not match."),
         }
     }
@@ -50,7 +61,9 @@ pub fn check(q: &str, limits: &QueryLimits) -> Result<(), QueryError> {
         return Err(QueryError::Empty);
     }
     if q.len() > limits.max_bytes {
-        return Err(QueryError::TooLong { limit: limits.max_bytes });
+        return Err(QueryError::TooLong {
+            limit: limits.max_bytes,
+        });
     }
     let mut depth = 0usize;
     let mut in_quote = false;
@@ -60,7 +73,9 @@ pub fn check(q: &str, limits: &QueryLimits) -> Result<(), QueryError> {
             '(' | '[' | '{' if !in_quote => {
                 depth += 1;
                 if depth > limits.max_depth {
-                    return Err(QueryError::TooDeep { limit: limits.max_depth });
+                    return Err(QueryError::TooDeep {
+                        limit: limits.max_depth,
+                    });
                 }
             }
             ')' | ']' | '}' if !in_quote => {
@@ -73,7 +88,9 @@ pub fn check(q: &str, limits: &QueryLimits) -> Result<(), QueryError> {
         return Err(QueryError::Unbalanced);
     }
     if q.split_whitespace().count() > limits.max_terms {
-        return Err(QueryError::TooManyTerms { limit: limits.max_terms });
+        return Err(QueryError::TooManyTerms {
+            limit: limits.max_terms,
+        });
     }
     Ok(())
 }

@@ -83,16 +83,29 @@ impl SearchIndex {
                     }
                 }
                 if dir.exists() {
-                    std::fs::remove_dir_all(dir).map_err(|e| IndexError::Io { path: dir.to_path_buf(), source: e })?;
+                    std::fs::remove_dir_all(dir).map_err(|e| IndexError::Io {
+                        path: dir.to_path_buf(),
+                        source: e,
+                    })?;
                 }
-                std::fs::create_dir_all(dir).map_err(|e| IndexError::Io { path: dir.to_path_buf(), source: e })?;
+                std::fs::create_dir_all(dir).map_err(|e| IndexError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                })?;
                 let mmap = MmapDirectory::open(dir).map_err(|e| IndexError::Open {
                     path: dir.to_path_buf(),
                     source: e.into(),
                 })?;
-                let index = Index::create(mmap, schema, tantivy::IndexSettings::default())
-                    .map_err(|source| IndexError::Open { path: dir.to_path_buf(), source })?;
-                std::fs::write(&version_file, schema::SCHEMA_VERSION.to_string()).map_err(|e| IndexError::Io { path: version_file.clone(), source: e })?;
+                let index = Index::create(mmap, schema, tantivy::IndexSettings::default()).map_err(|source| {
+                    IndexError::Open {
+                        path: dir.to_path_buf(),
+                        source,
+                    }
+                })?;
+                std::fs::write(&version_file, schema::SCHEMA_VERSION.to_string()).map_err(|e| IndexError::Io {
+                    path: version_file.clone(),
+                    source: e,
+                })?;
                 (index, true)
             }
         };
@@ -100,7 +113,15 @@ impl SearchIndex {
             .reader_builder()
             .reload_policy(ReloadPolicy::OnCommitWithDelay)
             .try_into()?;
-        Ok((SearchIndex { index, reader, fields, limits }, created))
+        Ok((
+            SearchIndex {
+                index,
+                reader,
+                fields,
+                limits,
+            },
+            created,
+        ))
     }
 
     pub(crate) fn index(&self) -> &Index {
@@ -129,7 +150,10 @@ impl SearchIndex {
     pub fn search(&self, req: &SearchRequest) -> Result<SearchResults, IndexError> {
         query::check(&req.query, &self.limits)?;
         if req.offset > self.limits.max_offset {
-            return Err(query::QueryError::OffsetTooLarge { limit: self.limits.max_offset }.into());
+            return Err(query::QueryError::OffsetTooLarge {
+                limit: self.limits.max_offset,
+            }
+            .into());
         }
         let limit = req.limit.clamp(1, self.limits.max_page_size);
         let f = self.fields;
@@ -142,7 +166,10 @@ impl SearchIndex {
                 (Occur::Must, user_query),
                 (
                     Occur::Must,
-                    Box::new(TermQuery::new(Term::from_field_u64(f.list, u64::from(list.0)), IndexRecordOption::Basic)),
+                    Box::new(TermQuery::new(
+                        Term::from_field_u64(f.list, u64::from(list.0)),
+                        IndexRecordOption::Basic,
+                    )),
                 ),
             ])),
             None => user_query,
@@ -150,27 +177,44 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let (top, total) = searcher.search(
             &query,
-            &(TopDocs::with_limit(limit).and_offset(req.offset).order_by_score(), Count),
+            &(
+                TopDocs::with_limit(limit).and_offset(req.offset).order_by_score(),
+                Count,
+            ),
         )?;
         let mut gen = SnippetGenerator::create(&searcher, &*query, f.body)?;
         gen.set_max_num_chars(240);
         let mut hits = Vec::with_capacity(top.len());
         for (score, addr) in top {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let text = |field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let snippet = gen.snippet_from_doc(&doc);
             let fragment = snippet.fragment();
             let mut parts = Vec::new();
             let mut at = 0;
             for r in snippet.highlighted() {
                 if r.start > at {
-                    parts.push(SnippetPart { text: fragment[at..r.start].to_string(), highlighted: false });
+                    parts.push(SnippetPart {
+                        text: fragment[at..r.start].to_string(),
+                        highlighted: false,
+                    });
                 }
-                parts.push(SnippetPart { text: fragment[r.clone()].to_string(), highlighted: true });
+                parts.push(SnippetPart {
+                    text: fragment[r.clone()].to_string(),
+                    highlighted: true,
+                });
                 at = r.end;
             }
             if at < fragment.len() {
-                parts.push(SnippetPart { text: fragment[at..].to_string(), highlighted: false });
+                parts.push(SnippetPart {
+                    text: fragment[at..].to_string(),
+                    highlighted: false,
+                });
             }
             hits.push(Hit {
                 key: MessageKey::from_u64(doc.get_first(f.key).and_then(|v| v.as_u64()).unwrap_or_default()),
@@ -182,6 +226,10 @@ impl SearchIndex {
                 snippet: parts,
             });
         }
-        Ok(SearchResults { total, offset: req.offset, hits })
+        Ok(SearchResults {
+            total,
+            offset: req.offset,
+            hits,
+        })
     }
 }

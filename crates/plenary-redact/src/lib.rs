@@ -41,13 +41,18 @@ impl Policy {
         for suffix in ["-request", "-join", "-leave", "-owner"] {
             allow.push(format!("{local}{suffix}@{domain}").to_ascii_lowercase());
         }
-        Policy { obfuscate_addresses: true, allow }
+        Policy {
+            obfuscate_addresses: true,
+            allow,
+        }
     }
 }
 
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
-        .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+    Regex::new(
+        r"(?i)[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+",
+    )
+    .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
 });
 static AT_FORM: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b[a-z0-9._%+-]+ at [a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b")
@@ -205,7 +210,10 @@ impl PublicMessage {
             out.push('\n');
         }
         for a in &self.attachments {
-            out.push_str(&format!("X-Plenary-Attachment: {} ({}, {} bytes)\n", a.name, a.content_type, a.size));
+            out.push_str(&format!(
+                "X-Plenary-Attachment: {} ({}, {} bytes)\n",
+                a.name, a.content_type, a.size
+            ));
         }
         out.push('\n');
         out.push_str(&self.body);
@@ -223,7 +231,9 @@ fn author(meta: &MessageMeta, policy: &Policy) -> (String, Option<String>) {
         .as_deref()
         .map(|n| redact_text(n, policy).into_owned())
         .filter(|n| !n.trim().is_empty());
-    let shown = name.or_else(|| addr.clone()).unwrap_or_else(|| "(unknown sender)".to_string());
+    let shown = name
+        .or_else(|| addr.clone())
+        .unwrap_or_else(|| "(unknown sender)".to_string());
     (shown, addr)
 }
 
@@ -233,7 +243,11 @@ pub fn summarize(key: MessageKey, meta: &MessageMeta, policy: &Policy) -> Option
         return None;
     }
     let (author, _) = author(meta, policy);
-    let subject = if meta.subject.is_empty() { "(no subject)".to_string() } else { redact_text(&meta.subject, policy).into_owned() };
+    let subject = if meta.subject.is_empty() {
+        "(no subject)".to_string()
+    } else {
+        redact_text(&meta.subject, policy).into_owned()
+    };
     Some(PublicSummary {
         key,
         message_id: meta.message_id.clone(),
@@ -288,7 +302,9 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
         None
     } else {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            MessageParser::default().parse(raw).map(|msg| render_parsed(&msg, meta, &summary, policy))
+            MessageParser::default()
+                .parse(raw)
+                .map(|msg| render_parsed(&msg, meta, &summary, policy))
         }))
         .ok()
         .flatten()
@@ -297,7 +313,11 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
     let (headers, body, attachments) = parsed.unwrap_or_else(|| {
         // Keep only what follows the first blank line, so trace headers never show.
         let text = String::from_utf8_lossy(raw);
-        let start = text.find("\r\n\r\n").map(|i| i + 4).or_else(|| text.find("\n\n").map(|i| i + 2)).unwrap_or(0);
+        let start = text
+            .find("\r\n\r\n")
+            .map(|i| i + 4)
+            .or_else(|| text.find("\n\n").map(|i| i + 2))
+            .unwrap_or(0);
         let headers = vec![
             ("Subject".to_string(), summary.subject.clone()),
             ("Message-ID".to_string(), format!("<{}>", meta.message_id)),
@@ -319,7 +339,12 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
 type Rendered = (Vec<(String, String)>, String, Vec<PublicAttachment>);
 
 /// The parsed view: allowlisted headers, text body and attachment list.
-fn render_parsed(msg: &mail_parser::Message<'_>, meta: &MessageMeta, summary: &PublicSummary, policy: &Policy) -> Rendered {
+fn render_parsed(
+    msg: &mail_parser::Message<'_>,
+    meta: &MessageMeta,
+    summary: &PublicSummary,
+    policy: &Policy,
+) -> Rendered {
     let ids = |v: &[String]| v.iter().map(|i| format!("<{i}>")).collect::<Vec<_>>().join(" ");
     let mut headers = Vec::new();
     if let Some(a) = msg.from() {
@@ -349,7 +374,10 @@ fn render_parsed(msg: &mail_parser::Message<'_>, meta: &MessageMeta, summary: &P
     let attachments = msg
         .attachments()
         .map(|part| {
-            let name = part.attachment_name().map(one_line).unwrap_or_else(|| "(unnamed)".to_string());
+            let name = part
+                .attachment_name()
+                .map(one_line)
+                .unwrap_or_else(|| "(unnamed)".to_string());
             let content_type = part
                 .content_type()
                 .map(|ct| match ct.subtype() {
@@ -373,19 +401,31 @@ mod tests {
     use plenary_core::meta::Fallback;
     use plenary_core::ListId;
 
-    const KEY: MessageKey = MessageKey { list: ListId(1), seq: 1 };
+    const KEY: MessageKey = MessageKey {
+        list: ListId(1),
+        seq: 1,
+    };
 
     fn policy() -> Policy {
         Policy::for_list("gov@lists.example.org")
     }
 
     fn meta(raw: &[u8]) -> MessageMeta {
-        MessageMeta::extract(raw, Fallback { envelope_date: None, received_at: 1_800_000_000 })
+        MessageMeta::extract(
+            raw,
+            Fallback {
+                envelope_date: None,
+                received_at: 1_800_000_000,
+            },
+        )
     }
 
     #[test]
     fn obfuscates_addresses_but_not_the_list() {
-        let t = redact_text("write to ada.lovelace@example.org or gov@lists.example.org, or bob at twistedmatrix.com", &policy());
+        let t = redact_text(
+            "write to ada.lovelace@example.org or gov@lists.example.org, or bob at twistedmatrix.com",
+            &policy(),
+        );
         assert!(!t.contains("ada.lovelace@example.org"));
         assert!(!t.contains("bob at twistedmatrix.com"));
         assert!(t.contains("a…@e…"));

@@ -67,12 +67,22 @@ pub struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S, session_timeout: Duration) -> Conn<S> {
-        Conn { stream, buf: Vec::with_capacity(READ_CHUNK), start: 0, deadline: Instant::now() + session_timeout }
+        Conn {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            deadline: Instant::now() + session_timeout,
+        }
     }
 
     /// Replace the stream (after STARTTLS), keeping the session deadline.
     pub fn with_stream<T>(self, stream: T) -> Conn<T> {
-        Conn { stream, buf: Vec::with_capacity(READ_CHUNK), start: 0, deadline: self.deadline }
+        Conn {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            deadline: self.deadline,
+        }
     }
 
     /// Give up the stream. Buffered input is dropped.
@@ -109,14 +119,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn fill(&mut self, idle: Duration) -> Result<usize, ReadError> {
         let idle_deadline = Instant::now() + idle;
-        let (deadline, is_session) = if self.deadline < idle_deadline { (self.deadline, true) } else { (idle_deadline, false) };
+        let (deadline, is_session) = if self.deadline < idle_deadline {
+            (self.deadline, true)
+        } else {
+            (idle_deadline, false)
+        };
         let old = self.buf.len();
         self.buf.resize(old + READ_CHUNK, 0);
         let r = timeout_at(deadline, self.stream.read(&mut self.buf[old..])).await;
         match r {
             Err(_) => {
                 self.buf.truncate(old);
-                Err(if is_session { ReadError::SessionTimeout } else { ReadError::Timeout })
+                Err(if is_session {
+                    ReadError::SessionTimeout
+                } else {
+                    ReadError::Timeout
+                })
             }
             Ok(Err(e)) => {
                 self.buf.truncate(old);
@@ -138,7 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !self.buffered().is_empty() {
             return true;
         }
-        matches!(self.fill(wait).await, Ok(_))
+        self.fill(wait).await.is_ok()
     }
 
     /// Read one command line of at most `max` bytes including CRLF.
@@ -181,7 +199,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// stops reading at once and is reported, because whatever follows it may be a smuggled
     /// transaction; the caller refuses the message and closes the connection. Over-long lines
     /// and oversized messages are read to the real end and refused, keeping the stream in step.
-    pub async fn read_data(&mut self, max_size: usize, max_line: usize, idle: Duration) -> Result<DataResult, ReadError> {
+    pub async fn read_data(
+        &mut self,
+        max_size: usize,
+        max_line: usize,
+        idle: Duration,
+    ) -> Result<DataResult, ReadError> {
         let mut out = DataResult::default();
         let mut cur: Vec<u8> = Vec::new(); // the current line, kept only up to `max_line`
         let mut cur_len = 0usize; // its true length so far
@@ -244,7 +267,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 out.message = Vec::new();
             }
             if out.is_clean() {
-                let unstuffed = if cur.first() == Some(&b'.') { &cur[1..] } else { &cur[..] };
+                let unstuffed = if cur.first() == Some(&b'.') {
+                    &cur[1..]
+                } else {
+                    &cur[..]
+                };
                 if out.message.len() + unstuffed.len() > max_size {
                     out.too_big = true;
                     out.message = Vec::new();
@@ -279,7 +306,14 @@ mod tests {
 
     #[tokio::test]
     async fn smuggling_endings_never_end_data() {
-        for fake in [&b"\n.\r\n"[..], b"\n.\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r", b"\r\r\n.\r\n"] {
+        for fake in [
+            &b"\n.\r\n"[..],
+            b"\n.\n",
+            b"\r\n.\n",
+            b"\r.\r",
+            b"\r\n.\r",
+            b"\r\r\n.\r\n",
+        ] {
             let mut input = b"Subject: s\r\n\r\nhi".to_vec();
             input.extend_from_slice(fake);
             input.extend_from_slice(b"MAIL FROM:<x@evil.test>\r\nRCPT TO:<l@x.org>\r\nDATA\r\nsmuggled\r\n.\r\n");
@@ -335,11 +369,17 @@ mod tests {
         drop(client);
         let mut c = Conn::new(server, Duration::from_secs(5));
         let t = Duration::from_secs(5);
-        assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::Line(b"NOOP\r\n".to_vec()));
+        assert_eq!(
+            c.read_command(2048, t).await.expect("r"),
+            CommandLine::Line(b"NOOP\r\n".to_vec())
+        );
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::BareNewline);
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::BareNewline);
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::TooLong);
         assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::Nul);
-        assert_eq!(c.read_command(2048, t).await.expect("r"), CommandLine::Line(b"QUIT\r\n".to_vec()));
+        assert_eq!(
+            c.read_command(2048, t).await.expect("r"),
+            CommandLine::Line(b"QUIT\r\n".to_vec())
+        );
     }
 }

@@ -72,7 +72,10 @@ impl Default for SmtpSettings {
 }
 
 /// Load a PEM certificate chain and private key into a rustls server config.
-pub fn load_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+pub fn load_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
     use tokio_rustls::rustls;
     let certs = {
         let f = std::fs::File::open(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;

@@ -81,13 +81,17 @@ pub async fn serve(listener: TcpListener, proto: Protocol, ctx: Arc<Context>) {
         let _ = stream.set_nodelay(true);
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tasks.spawn(async move {
-                let _ = stream.write_all(&Reply::new(421, "4.7.0 Too many connections, try again later").to_wire()).await;
+                let _ = stream
+                    .write_all(&Reply::new(421, "4.7.0 Too many connections, try again later").to_wire())
+                    .await;
             });
             continue;
         };
         let Some(ip_guard) = per_ip.try_take(peer.ip(), ctx.settings.max_connections_per_ip) else {
             tasks.spawn(async move {
-                let _ = stream.write_all(&Reply::new(421, "4.7.0 Too many connections from your address").to_wire()).await;
+                let _ = stream
+                    .write_all(&Reply::new(421, "4.7.0 Too many connections from your address").to_wire())
+                    .await;
             });
             continue;
         };
@@ -110,7 +114,9 @@ async fn connection(ctx: Arc<Context>, proto: Protocol, peer: SocketAddr, stream
     match session::drive(&ctx, proto, peer, stream).await? {
         End::Closed => Ok(()),
         End::StartTls(conn) => {
-            let Some(tls) = ctx.settings.tls.clone() else { return Ok(()) };
+            let Some(tls) = ctx.settings.tls.clone() else {
+                return Ok(());
+            };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
             let deadline = ctx.settings.command_timeout;
             let tcp = conn.into_stream();

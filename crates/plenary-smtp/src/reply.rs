@@ -11,7 +11,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: u16, text: impl Into<String>) -> Reply {
-        Reply { code, lines: vec![text.into()] }
+        Reply {
+            code,
+            lines: vec![text.into()],
+        }
     }
 
     pub fn multi(code: u16, lines: Vec<String>) -> Reply {
@@ -26,7 +29,10 @@ impl Reply {
         for i in 0..n {
             let text = self.lines.get(i).map(String::as_str).unwrap_or("");
             let sep = if i + 1 == n { ' ' } else { '-' };
-            let clean: String = text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+            let clean: String = text
+                .chars()
+                .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+                .collect();
             let _ = write!(out, "{}{}{}\r\n", self.code, sep, clean);
         }
         out.into_bytes()

@@ -63,13 +63,29 @@ fn addr_ok(addr: &str) -> bool {
 fn ends_group(req: &Request<std::borrow::Cow<'_, str>>) -> bool {
     matches!(
         req,
-        Request::Ehlo { .. } | Request::Helo { .. } | Request::Lhlo { .. } | Request::Data | Request::Noop { .. } | Request::Vrfy { .. } | Request::Expn { .. } | Request::StartTls
+        Request::Ehlo { .. }
+            | Request::Helo { .. }
+            | Request::Lhlo { .. }
+            | Request::Data
+            | Request::Noop { .. }
+            | Request::Vrfy { .. }
+            | Request::Expn { .. }
+            | Request::StartTls
     )
 }
 
 impl<'a> Session<'a> {
     pub fn new(ctx: &'a Context, proto: Protocol, peer: SocketAddr, tls: bool) -> Session<'a> {
-        Session { ctx, proto, peer, tls, helo: None, esmtp: false, tx: Transaction::default(), errors: 0 }
+        Session {
+            ctx,
+            proto,
+            peer,
+            tls,
+            helo: None,
+            esmtp: false,
+            tx: Transaction::default(),
+            errors: 0,
+        }
     }
 
     fn s(&self) -> &SmtpSettings {
@@ -77,10 +93,15 @@ impl<'a> Session<'a> {
     }
 
     /// Run the session on `conn` until it ends. `greet` is false after STARTTLS.
-    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, mut conn: Conn<S>, greet: bool) -> std::io::Result<End<S>> {
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        mut conn: Conn<S>,
+        greet: bool,
+    ) -> std::io::Result<End<S>> {
         if greet {
             if !self.s().greeting_delay.is_zero() && conn.input_within(self.s().greeting_delay).await {
-                conn.write(&Reply::new(554, "5.5.0 Protocol error: talking before the greeting").to_wire()).await?;
+                conn.write(&Reply::new(554, "5.5.0 Protocol error: talking before the greeting").to_wire())
+                    .await?;
                 return Ok(End::Closed);
             }
             let banner = match self.proto {
@@ -120,19 +141,28 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 CommandLine::Nul => {
-                    if self.error(&mut conn, reply::syntax("NUL characters are not allowed")).await? {
+                    if self
+                        .error(&mut conn, reply::syntax("NUL characters are not allowed"))
+                        .await?
+                    {
                         return Ok(End::Closed);
                     }
                     continue;
                 }
                 CommandLine::BareNewline => {
                     // Postfix's smtpd_forbid_bare_newline: refuse and hang up.
-                    conn.write(&Reply::new(521, "5.5.2 Bare CR or LF received; lines must end with CRLF, closing").to_wire()).await?;
+                    conn.write(
+                        &Reply::new(521, "5.5.2 Bare CR or LF received; lines must end with CRLF, closing").to_wire(),
+                    )
+                    .await?;
                     return Ok(End::Closed);
                 }
             };
             if std::str::from_utf8(&line).is_err() {
-                if self.error(&mut conn, reply::syntax("Command is not valid UTF-8")).await? {
+                if self
+                    .error(&mut conn, reply::syntax("Command is not valid UTF-8"))
+                    .await?
+                {
                     return Ok(End::Closed);
                 }
                 continue;
@@ -144,10 +174,16 @@ impl<'a> Session<'a> {
                     let r = match e {
                         smtp_proto::Error::UnknownCommand => reply::unknown_command(),
                         smtp_proto::Error::InvalidSenderAddress => Reply::new(501, "5.1.7 Bad sender address syntax"),
-                        smtp_proto::Error::InvalidRecipientAddress => Reply::new(501, "5.1.3 Bad recipient address syntax"),
+                        smtp_proto::Error::InvalidRecipientAddress => {
+                            Reply::new(501, "5.1.3 Bad recipient address syntax")
+                        }
                         smtp_proto::Error::SyntaxError { syntax } => reply::syntax(&format!("Syntax: {syntax}")),
-                        smtp_proto::Error::InvalidParameter { param } => reply::syntax(&format!("Invalid parameter {param}")),
-                        smtp_proto::Error::UnsupportedParameter { .. } => Reply::new(555, "5.5.4 Unsupported parameter"),
+                        smtp_proto::Error::InvalidParameter { param } => {
+                            reply::syntax(&format!("Invalid parameter {param}"))
+                        }
+                        smtp_proto::Error::UnsupportedParameter { .. } => {
+                            Reply::new(555, "5.5.4 Unsupported parameter")
+                        }
                         _ => reply::syntax("Syntax error"),
                     };
                     if self.error(&mut conn, r).await? {
@@ -160,7 +196,14 @@ impl<'a> Session<'a> {
             // group, or any pipelining by a client that did not negotiate it with EHLO.
             let early = !conn.buffered().is_empty() && !matches!(req, Request::Quit | Request::StartTls);
             if early && (ends_group(&req) || !self.esmtp) {
-                conn.write(&Reply::new(554, "5.5.0 SMTP protocol synchronization error (improper pipelining), closing").to_wire()).await?;
+                conn.write(
+                    &Reply::new(
+                        554,
+                        "5.5.0 SMTP protocol synchronization error (improper pipelining), closing",
+                    )
+                    .to_wire(),
+                )
+                .await?;
                 return Ok(End::Closed);
             }
             match req {
@@ -168,7 +211,11 @@ impl<'a> Session<'a> {
                     let lhlo_expected = self.proto == Protocol::Lmtp;
                     let is_lhlo = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"LHLO");
                     if lhlo_expected != is_lhlo {
-                        let r = if lhlo_expected { bad_cmd("5.5.1 This is an LMTP server: use LHLO") } else { bad_cmd("5.5.1 Use EHLO or HELO") };
+                        let r = if lhlo_expected {
+                            bad_cmd("5.5.1 This is an LMTP server: use LHLO")
+                        } else {
+                            bad_cmd("5.5.1 Use EHLO or HELO")
+                        };
                         if self.error(&mut conn, r).await? {
                             return Ok(End::Closed);
                         }
@@ -181,7 +228,10 @@ impl<'a> Session<'a> {
                 }
                 Request::Helo { host } => {
                     if self.proto == Protocol::Lmtp {
-                        if self.error(&mut conn, bad_cmd("5.5.1 This is an LMTP server: use LHLO")).await? {
+                        if self
+                            .error(&mut conn, bad_cmd("5.5.1 This is an LMTP server: use LHLO"))
+                            .await?
+                        {
                             return Ok(End::Closed);
                         }
                         continue;
@@ -189,7 +239,8 @@ impl<'a> Session<'a> {
                     self.helo = Some(host.to_string());
                     self.esmtp = false;
                     self.tx = Transaction::default();
-                    conn.write(&Reply::new(250, self.s().hostname.clone()).to_wire()).await?;
+                    conn.write(&Reply::new(250, self.s().hostname.clone()).to_wire())
+                        .await?;
                 }
                 Request::StartTls => {
                     let r = if self.tls {
@@ -199,7 +250,8 @@ impl<'a> Session<'a> {
                     } else if self.helo.is_none() {
                         reply::bad_sequence("Send EHLO first")
                     } else {
-                        conn.write(&Reply::new(220, "2.0.0 Ready to start TLS").to_wire()).await?;
+                        conn.write(&Reply::new(220, "2.0.0 Ready to start TLS").to_wire())
+                            .await?;
                         conn.discard_buffered();
                         return Ok(End::StartTls(conn));
                     };
@@ -224,7 +276,11 @@ impl<'a> Session<'a> {
                         return Ok(End::Closed);
                     }
                 }
-                Request::Bdat { .. } | Request::Auth { .. } | Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                Request::Bdat { .. }
+                | Request::Auth { .. }
+                | Request::Etrn { .. }
+                | Request::Atrn { .. }
+                | Request::Burl { .. } => {
                     if self.error(&mut conn, reply::not_implemented()).await? {
                         return Ok(End::Closed);
                     }
@@ -235,10 +291,12 @@ impl<'a> Session<'a> {
                 }
                 Request::Noop { .. } => conn.write(&reply::ok("OK").to_wire()).await?,
                 Request::Vrfy { .. } => {
-                    conn.write(&Reply::new(252, "2.1.5 Cannot VRFY; send mail to a list address").to_wire()).await?;
+                    conn.write(&Reply::new(252, "2.1.5 Cannot VRFY; send mail to a list address").to_wire())
+                        .await?;
                 }
                 Request::Expn { .. } => {
-                    conn.write(&Reply::new(502, "5.5.1 EXPN not available: membership is not disclosed").to_wire()).await?;
+                    conn.write(&Reply::new(502, "5.5.1 EXPN not available: membership is not disclosed").to_wire())
+                        .await?;
                 }
                 Request::Help { .. } => {
                     conn.write(
@@ -277,7 +335,11 @@ impl<'a> Session<'a> {
     }
 
     /// Send a reply; count it if it is an error. Returns true if the session must close.
-    async fn reply<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, r: Reply) -> std::io::Result<bool> {
+    async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Reply,
+    ) -> std::io::Result<bool> {
         if r.code >= 500 {
             return self.error(conn, r).await;
         }
@@ -285,7 +347,11 @@ impl<'a> Session<'a> {
         Ok(false)
     }
 
-    async fn error<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>, r: Reply) -> std::io::Result<bool> {
+    async fn error<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+        r: Reply,
+    ) -> std::io::Result<bool> {
         self.errors += 1;
         if self.errors > self.s().max_errors {
             conn.write(&reply::too_many_errors().to_wire()).await?;
@@ -297,7 +363,11 @@ impl<'a> Session<'a> {
 
     fn mail(&mut self, address: &str, size: usize) -> Reply {
         if self.helo.is_none() {
-            return reply::bad_sequence(if self.proto == Protocol::Lmtp { "Send LHLO first" } else { "Send EHLO or HELO first" });
+            return reply::bad_sequence(if self.proto == Protocol::Lmtp {
+                "Send LHLO first"
+            } else {
+                "Send EHLO or HELO first"
+            });
         }
         if self.tx.from.is_some() {
             return reply::bad_sequence("Nested MAIL command");
@@ -306,13 +376,26 @@ impl<'a> Session<'a> {
             return Reply::new(553, "5.1.7 Sender address too long or malformed");
         }
         if size > self.s().max_message_size {
-            return Reply::new(552, format!("5.3.4 Message size exceeds fixed limit of {} bytes", self.s().max_message_size));
+            return Reply::new(
+                552,
+                format!(
+                    "5.3.4 Message size exceeds fixed limit of {} bytes",
+                    self.s().max_message_size
+                ),
+            );
         }
         let expect = if size > 0 { size } else { 64 * 1024 } as u64;
         if let Err(e) = self.ctx.store.check_space(expect) {
-            return if e.is_disk_full() { reply::storage_full() } else { reply::local_error() };
+            return if e.is_disk_full() {
+                reply::storage_full()
+            } else {
+                reply::local_error()
+            };
         }
-        self.tx = Transaction { from: Some(address.to_string()), ..Transaction::default() };
+        self.tx = Transaction {
+            from: Some(address.to_string()),
+            ..Transaction::default()
+        };
         Reply::new(250, "2.1.0 Sender OK")
     }
 
@@ -359,7 +442,12 @@ impl<'a> Session<'a> {
             }
             None => {
                 self.tx.rejected_rcpts += 1;
-                let ours = self.ctx.store.lists().map(|ls| ls.iter().any(|l| l.address.domain() == domain)).unwrap_or(false);
+                let ours = self
+                    .ctx
+                    .store
+                    .lists()
+                    .map(|ls| ls.iter().any(|l| l.address.domain() == domain))
+                    .unwrap_or(false);
                 if ours {
                     Reply::new(550, "5.1.1 No such list here")
                 } else {
@@ -382,9 +470,13 @@ impl<'a> Session<'a> {
             };
             return self.error(conn, r).await;
         }
-        conn.write(&Reply::new(354, "Start mail input; end with <CRLF>.<CRLF>").to_wire()).await?;
+        conn.write(&Reply::new(354, "Start mail input; end with <CRLF>.<CRLF>").to_wire())
+            .await?;
         let s = self.s().clone();
-        let data = match conn.read_data(s.max_message_size, s.max_line_length, s.data_timeout).await {
+        let data = match conn
+            .read_data(s.max_message_size, s.max_line_length, s.data_timeout)
+            .await
+        {
             Ok(d) => d,
             Err(ReadError::Timeout) => {
                 conn.write(&reply::timeout().to_wire()).await?;
@@ -402,7 +494,10 @@ impl<'a> Session<'a> {
             // What follows a bare CR/LF or NUL may be a smuggled transaction: refuse and hang
             // up without reading another byte (Postfix's smtpd_forbid_bare_newline).
             let what = if data.nul { "NUL character" } else { "bare CR or LF" };
-            let r = Reply::new(521, format!("5.5.2 Message contains a {what}; lines must end with CRLF, closing connection"));
+            let r = Reply::new(
+                521,
+                format!("5.5.2 Message contains a {what}; lines must end with CRLF, closing connection"),
+            );
             let mut wire = Vec::new();
             for _ in 0..if self.proto == Protocol::Lmtp { rcpt_count } else { 1 } {
                 wire.extend_from_slice(&r.to_wire());
@@ -411,9 +506,15 @@ impl<'a> Session<'a> {
             return Ok(true);
         }
         let r = if data.too_big {
-            Reply::new(552, format!("5.3.4 Message size exceeds fixed limit of {} bytes", s.max_message_size))
+            Reply::new(
+                552,
+                format!("5.3.4 Message size exceeds fixed limit of {} bytes", s.max_message_size),
+            )
         } else if data.line_too_long {
-            Reply::new(554, format!("5.6.0 Message has a line longer than {} bytes", s.max_line_length))
+            Reply::new(
+                554,
+                format!("5.6.0 Message has a line longer than {} bytes", s.max_line_length),
+            )
         } else {
             self.accept(data.message, tx).await
         };
@@ -460,7 +561,13 @@ impl<'a> Session<'a> {
         let received_at = now.timestamp();
         // Parsing a large message takes a while: keep it off the async workers.
         let (raw, meta) = match tokio::task::spawn_blocking(move || {
-            let meta = MessageMeta::extract(&raw, Fallback { envelope_date: None, received_at });
+            let meta = MessageMeta::extract(
+                &raw,
+                Fallback {
+                    envelope_date: None,
+                    received_at,
+                },
+            );
             (raw, meta)
         })
         .await
@@ -511,7 +618,9 @@ fn sanitize_helo(h: &str) -> String {
 
 /// Our own X-Loop/List-Id, or too many hops: refuse (SECURITY.md S-14).
 fn loop_check(raw: &[u8], max_received: usize, targets: &[(IngestTarget, String)]) -> Option<Reply> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n").map(|i| i + 2).unwrap_or(raw.len());
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(raw.len());
     let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
     let mut received = 0usize;
     for line in head.split("\r\n") {
@@ -536,7 +645,10 @@ fn loop_check(raw: &[u8], max_received: usize, targets: &[(IngestTarget, String)
         }
     }
     if received > max_received {
-        return Some(Reply::new(554, format!("5.4.6 Too many hops ({received} Received headers)")));
+        return Some(Reply::new(
+            554,
+            format!("5.4.6 Too many hops ({received} Received headers)"),
+        ));
     }
     None
 }

@@ -11,8 +11,8 @@ use crate::{StoreError, StoreSettings, Trees, CHUNK_SIZE};
 use chrono::Datelike;
 use plenary_core::{ListId, MessageKey, MessageMeta, Origin, RecipientKind};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use sled::Batch;
+use sled::Transactional;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,8 +76,14 @@ impl CommitterHandle {
         let thread = std::thread::Builder::new()
             .name("plenary-commit".into())
             .spawn(move || run(ctx, rx))
-            .map_err(|source| StoreError::Io { path: "committer thread".into(), source })?;
-        Ok(CommitterHandle { tx, thread: Mutex::new(Some(thread)) })
+            .map_err(|source| StoreError::Io {
+                path: "committer thread".into(),
+                source,
+            })?;
+        Ok(CommitterHandle {
+            tx,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 }
 
@@ -160,7 +166,11 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 };
                 let disk_full = e.is_disk_full();
                 for job in jobs {
-                    let err = if disk_full { StoreError::DiskFull { needed, available } } else { StoreError::Failed };
+                    let err = if disk_full {
+                        StoreError::DiskFull { needed, available }
+                    } else {
+                        StoreError::Failed
+                    };
                     let _ = job.reply.send(Err(err));
                 }
             }
@@ -273,7 +283,10 @@ fn commit_batch(
                         continue;
                     }
                     let (blob_no, chunks) = blob_id(&mut c)?;
-                    let key = MessageKey { list: target.list, seq: next_seq(t, &mut c, target.list)? };
+                    let key = MessageKey {
+                        list: target.list,
+                        seq: next_seq(t, &mut c, target.list)?,
+                    };
                     let stored = StoredMessage {
                         key,
                         blob: blob_no,
@@ -294,7 +307,9 @@ fn commit_batch(
                             children.insert(keys::children(target.list, p, key.seq), &[]);
                         }
                         let dt = chrono::DateTime::from_timestamp(req.meta.date, 0).unwrap_or_default();
-                        *month_delta.entry(keys::month(target.list, dt.year(), dt.month())).or_default() += 1;
+                        *month_delta
+                            .entry(keys::month(target.list, dt.year(), dt.month()))
+                            .or_default() += 1;
                         index_q.insert(&key.to_bytes(), &[0u8]);
                         queued_for_index = true;
                     }

@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn by_date_round_trip() {
-        let key = MessageKey { list: ListId(7), seq: 42 };
+        let key = MessageKey {
+            list: ListId(7),
+            seq: 42,
+        };
         assert_eq!(by_date_decode(&by_date(key, -3)), Some((key, -3)));
     }
 }

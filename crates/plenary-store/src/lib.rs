@@ -21,8 +21,8 @@
 mod commit;
 mod keys;
 mod read;
-mod threads;
 pub mod records;
+mod threads;
 
 pub use commit::{IngestRequest, IngestTarget, TargetOutcome};
 pub use records::{InboxEntry, ListRecord, MonthCount, StoredMessage};
@@ -148,19 +148,23 @@ impl Store {
     /// Open (or create) the store in `settings.data_dir/sled` and start the committer thread.
     pub fn open(settings: StoreSettings) -> Result<Store, StoreError> {
         let dir = settings.data_dir.join("sled");
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         restrict_permissions(&settings.data_dir);
         let db = sled::Config::new()
             .path(&dir)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|source| match &source {
-                sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("lock") =>
-                {
+                sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
                     StoreError::Locked { path: dir.clone() }
                 }
-                _ => StoreError::Open { path: dir.clone(), source },
+                _ => StoreError::Open {
+                    path: dir.clone(),
+                    source,
+                },
             })?;
         let t = |name: &str| db.open_tree(name);
         let trees = Trees {
@@ -262,7 +266,11 @@ impl Store {
     pub fn check_space(&self, extra: u64) -> Result<(), StoreError> {
         let available = self.available_space()?;
         // sled roughly doubles what it is given (log + pages), so count writes twice.
-        let needed = self.inner.settings.min_free_bytes.saturating_add(extra.saturating_mul(2));
+        let needed = self
+            .inner
+            .settings
+            .min_free_bytes
+            .saturating_add(extra.saturating_mul(2));
         if available < needed {
             return Err(StoreError::DiskFull { needed, available });
         }
@@ -282,7 +290,6 @@ impl Store {
     pub(crate) fn committer(&self) -> &commit::CommitterHandle {
         &self.inner.committer
     }
-
 }
 
 #[cfg(unix)]

@@ -9,7 +9,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { key: key.to_string(), reason: e.to_string() }
+    StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 impl Store {
@@ -89,7 +92,10 @@ impl Store {
             n += 1;
         }
         if n != chunks {
-            return Err(corrupt(format!("blob {blob}"), format!("expected {chunks} chunks, found {n}")));
+            return Err(corrupt(
+                format!("blob {blob}"),
+                format!("expected {chunks} chunks, found {n}"),
+            ));
         }
         Ok(out)
     }
@@ -115,7 +121,13 @@ impl Store {
     }
 
     /// Archived messages of a list dated in `[from, to)`, oldest first.
-    pub fn between(&self, list: ListId, from: i64, to: i64, limit: usize) -> Result<Vec<(MessageKey, i64)>, StoreError> {
+    pub fn between(
+        &self,
+        list: ListId,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<(MessageKey, i64)>, StoreError> {
         let lo = keys::by_date(MessageKey { list, seq: 0 }, from);
         let hi = keys::by_date(MessageKey { list, seq: 0 }, to);
         let mut out = Vec::new();

@@ -11,7 +11,13 @@ fn settings(dir: &std::path::Path) -> StoreSettings {
 fn req(list: plenary_core::ListId, raw: &[u8], kind: RecipientKind) -> IngestRequest {
     IngestRequest {
         raw: raw.to_vec(),
-        meta: MessageMeta::extract(raw, Fallback { envelope_date: None, received_at: 1_800_000_000 }),
+        meta: MessageMeta::extract(
+            raw,
+            Fallback {
+                envelope_date: None,
+                received_at: 1_800_000_000,
+            },
+        ),
         origin: Origin::Smtp,
         envelope_from: "a@b.org".into(),
         targets: vec![IngestTarget { list, kind }],
@@ -29,16 +35,33 @@ async fn ingest_dedupes_chunks_and_survives_reopen() {
     {
         let store = Store::open(settings(dir.path())).expect("open");
         let list = store.create_list(&addr, "L", "d").expect("create");
-        assert!(matches!(store.create_list(&addr, "L", "d"), Err(StoreError::ListExists(_))));
-        let out = store.ingest(req(list.id, raw.as_bytes(), RecipientKind::Post)).await.expect("ingest");
-        let TargetOutcome::Archived(k) = out[0] else { panic!("expected archived, got {out:?}") };
+        assert!(matches!(
+            store.create_list(&addr, "L", "d"),
+            Err(StoreError::ListExists(_))
+        ));
+        let out = store
+            .ingest(req(list.id, raw.as_bytes(), RecipientKind::Post))
+            .await
+            .expect("ingest");
+        let TargetOutcome::Archived(k) = out[0] else {
+            panic!("expected archived, got {out:?}")
+        };
         key = k;
-        let again = store.ingest(req(list.id, raw.as_bytes(), RecipientKind::Post)).await.expect("ingest");
+        let again = store
+            .ingest(req(list.id, raw.as_bytes(), RecipientKind::Post))
+            .await
+            .expect("ingest");
         assert_eq!(again, vec![TargetOutcome::Duplicate(k)]);
-        let inbox = store.ingest(req(list.id, b"Subject: subscribe\r\n\r\n", RecipientKind::Request)).await.expect("ingest");
+        let inbox = store
+            .ingest(req(list.id, b"Subject: subscribe\r\n\r\n", RecipientKind::Request))
+            .await
+            .expect("ingest");
         assert!(matches!(inbox[0], TargetOutcome::Inbox(_)));
         let reply = "Message-ID: <m2@x>\r\nIn-Reply-To: <m1@x>\r\nDate: Wed, 2 Jul 2025 10:00:00 +0000\r\n\r\nre\r\n";
-        store.ingest(req(list.id, reply.as_bytes(), RecipientKind::Post)).await.expect("ingest");
+        store
+            .ingest(req(list.id, reply.as_bytes(), RecipientKind::Post))
+            .await
+            .expect("ingest");
     }
     let store = Store::open(settings(dir.path())).expect("reopen");
     let m = store.message(key).expect("read").expect("present");
@@ -51,7 +74,9 @@ async fn ingest_dedupes_chunks_and_survives_reopen() {
     assert_eq!(store.recent(key.list, 10).expect("recent").len(), 2);
     assert_eq!(store.index_pending_len(), 2);
     assert_eq!(store.inbox_len(), 1);
-    let july = store.between(key.list, 1_751_328_000, 1_754_006_400, 100).expect("between");
+    let july = store
+        .between(key.list, 1_751_328_000, 1_754_006_400, 100)
+        .expect("between");
     assert_eq!(july.len(), 2);
 }
 
@@ -72,8 +97,12 @@ async fn disk_reserve_refuses_ingest() {
     let mut s = settings(dir.path());
     s.min_free_bytes = u64::MAX / 4;
     let store = Store::open(s).expect("open");
-    let list = store.create_list(&ListAddress::parse("l@x.org").expect("addr"), "", "").expect("list");
-    let err = store.ingest(req(list.id, b"Subject: x\r\n\r\ny", RecipientKind::Post)).await;
+    let list = store
+        .create_list(&ListAddress::parse("l@x.org").expect("addr"), "", "")
+        .expect("list");
+    let err = store
+        .ingest(req(list.id, b"Subject: x\r\n\r\ny", RecipientKind::Post))
+        .await;
     assert!(matches!(err, Err(ref e) if e.is_disk_full()), "got {err:?}");
     assert!(!store.has_failed(), "a refused batch must not fail the store");
 }
@@ -82,8 +111,17 @@ async fn disk_reserve_refuses_ingest() {
 async fn no_archive_is_stored_but_not_listed_or_queued() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let list = store.create_list(&ListAddress::parse("l@x.org").expect("addr"), "", "").expect("list");
-    let out = store.ingest(req(list.id, b"X-No-Archive: yes\r\nMessage-ID: <n@x>\r\n\r\nsecret", RecipientKind::Post)).await.expect("ingest");
+    let list = store
+        .create_list(&ListAddress::parse("l@x.org").expect("addr"), "", "")
+        .expect("list");
+    let out = store
+        .ingest(req(
+            list.id,
+            b"X-No-Archive: yes\r\nMessage-ID: <n@x>\r\n\r\nsecret",
+            RecipientKind::Post,
+        ))
+        .await
+        .expect("ingest");
     assert!(matches!(out[0], TargetOutcome::Archived(_)));
     assert_eq!(store.recent(list.id, 10).expect("recent").len(), 0);
     assert_eq!(store.index_pending_len(), 0);

@@ -40,10 +40,19 @@ impl WebError {
 
     fn texts(&self) -> (&'static str, String) {
         match self {
-            WebError::NotFound => ("Not found", "There is no list or message at this address. It may never have existed, or it is not public.".into()),
+            WebError::NotFound => (
+                "Not found",
+                "There is no list or message at this address. It may never have existed, or it is not public.".into(),
+            ),
             WebError::BadRequest(m) => ("Bad request", m.clone()),
-            WebError::Internal(_) => ("Something went wrong", "The server could not show this page. Please try again later.".into()),
-            WebError::SearchUnavailable(_) => ("Search unavailable", "Search is temporarily unavailable; the archive pages still work.".into()),
+            WebError::Internal(_) => (
+                "Something went wrong",
+                "The server could not show this page. Please try again later.".into(),
+            ),
+            WebError::SearchUnavailable(_) => (
+                "Search unavailable",
+                "Search is temporarily unavailable; the archive pages still work.".into(),
+            ),
         }
     }
 }
@@ -70,5 +79,9 @@ pub fn json_error(e: WebError) -> Response {
         tracing::error!(error = %e, "api request failed");
     }
     let (title, text) = e.texts();
-    (e.status(), axum::Json(serde_json::json!({ "error": title, "detail": text }))).into_response()
+    (
+        e.status(),
+        axum::Json(serde_json::json!({ "error": title, "detail": text })),
+    )
+        .into_response()
 }

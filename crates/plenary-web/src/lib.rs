@@ -53,7 +53,8 @@ pub struct AppState {
     pub settings: WebSettings,
 }
 
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+const CSP: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Build the router.
 pub fn router(state: Arc<AppState>) -> Router {

@@ -29,14 +29,30 @@ macro_rules! ctx {
 }
 
 fn fmt_date(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0).unwrap_or_default().format("%Y-%m-%d %H:%M UTC").to_string()
+    chrono::DateTime::from_timestamp(ts, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%d %H:%M UTC")
+        .to_string()
 }
 
 fn iso_date(ts: i64) -> String {
     chrono::DateTime::from_timestamp(ts, 0).unwrap_or_default().to_rfc3339()
 }
 
-const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 
 #[derive(Serialize)]
 struct Crumb {
@@ -45,12 +61,21 @@ struct Crumb {
 }
 
 fn crumbs(list: Option<&ListRecord>, last: Option<&str>) -> Vec<Crumb> {
-    let mut v = vec![Crumb { label: "Lists".into(), url: Some("/".into()) }];
+    let mut v = vec![Crumb {
+        label: "Lists".into(),
+        url: Some("/".into()),
+    }];
     if let Some(l) = list {
-        v.push(Crumb { label: l.address.to_string(), url: Some(urls::list(l.address.as_str())) });
+        v.push(Crumb {
+            label: l.address.to_string(),
+            url: Some(urls::list(l.address.as_str())),
+        });
     }
     if let Some(t) = last {
-        v.push(Crumb { label: t.to_string(), url: None });
+        v.push(Crumb {
+            label: t.to_string(),
+            url: None,
+        });
     }
     v
 }
@@ -60,7 +85,9 @@ impl AppState {
         if let Some(m) = ctx.as_object_mut() {
             m.insert("site_name".into(), self.settings.site_name.clone().into());
         }
-        let html = self.templates.render(name, minijinja::Value::from(minijinja::value::Serde(ctx)))?;
+        let html = self
+            .templates
+            .render(name, minijinja::Value::from(minijinja::value::Serde(ctx)))?;
         Ok(Html(html).into_response())
     }
 
@@ -119,7 +146,14 @@ pub async fn healthz(State(st): St) -> Response {
 }
 
 pub async fn style(State(st): St) -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], st.templates.css().to_string()).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        st.templates.css().to_string(),
+    )
+        .into_response()
 }
 
 pub async fn not_found() -> WebError {
@@ -175,9 +209,9 @@ fn recent_threads(st: &AppState, list: &ListRecord, max_threads: usize) -> Resul
     for (key, date) in st.store.recent(list.id, 300)? {
         let Some(m) = st.store.message(key)? else { continue };
         let root = st.store.thread_root(m)?;
-        if !roots.contains_key(&root.key) {
+        if let std::collections::hash_map::Entry::Vacant(e) = roots.entry(root.key) {
             order.push((root.key, date));
-            roots.insert(root.key, root);
+            e.insert(root);
         }
         if order.len() >= max_threads {
             break;
@@ -231,15 +265,29 @@ pub async fn list(State(st): St, Path(address): Path<String>) -> Result<Response
     )
 }
 
-pub async fn month(State(st): St, Path((address, year, month)): Path<(String, String, String)>) -> Result<Response, WebError> {
+pub async fn month(
+    State(st): St,
+    Path((address, year, month)): Path<(String, String, String)>,
+) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
-    let (Ok(y), Ok(m)) = (year.parse::<i32>(), month.parse::<u32>()) else { return Err(WebError::NotFound) };
+    let (Ok(y), Ok(m)) = (year.parse::<i32>(), month.parse::<u32>()) else {
+        return Err(WebError::NotFound);
+    };
     if !(1..=12).contains(&m) || !(1..=9999).contains(&y) || year.len() != 4 || month.len() != 2 {
         return Err(WebError::NotFound);
     }
     let start = chrono::NaiveDate::from_ymd_opt(y, m, 1).ok_or(WebError::NotFound)?;
-    let next = if m == 12 { chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1) } else { chrono::NaiveDate::from_ymd_opt(y, m + 1, 1) }.ok_or(WebError::NotFound)?;
-    let ts = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or_default();
+    let next = if m == 12 {
+        chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1)
+    } else {
+        chrono::NaiveDate::from_ymd_opt(y, m + 1, 1)
+    }
+    .ok_or(WebError::NotFound)?;
+    let ts = |d: chrono::NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or_default()
+    };
     let mut messages = Vec::new();
     for (key, _) in st.store.between(list.id, ts(start), ts(next), 5000)? {
         let Some(stored) = st.store.message(key)? else { continue };
@@ -304,7 +352,11 @@ pub async fn thread(State(st): St, Path((address, mid)): Path<(String, String)>)
     let root = st.store.thread_root(stored)?;
     let members = st.store.thread_members(&root)?;
     // Depth: distance to the root through each message's nearest parent inside the thread.
-    let by_id: HashMap<&str, usize> = members.iter().enumerate().map(|(i, m)| (m.meta.message_id.as_str(), i)).collect();
+    let by_id: HashMap<&str, usize> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.meta.message_id.as_str(), i))
+        .collect();
     let parent_of: Vec<Option<usize>> = members
         .iter()
         .enumerate()
@@ -402,22 +454,40 @@ fn run_search(st: &AppState, p: &SearchParams) -> Result<Option<SearchOutcome>, 
         return Ok(None);
     }
     let list_id = match p.list.as_deref().filter(|l| !l.is_empty()) {
-        Some(addr) => Some(st.list_record(addr).map_err(|_| WebError::BadRequest("There is no such list to search in.".into()))?.id),
+        Some(addr) => Some(
+            st.list_record(addr)
+                .map_err(|_| WebError::BadRequest("There is no such list to search in.".into()))?
+                .id,
+        ),
         None => None,
     };
     let page: usize = match p.page.as_deref() {
         None | Some("") => 1,
-        Some(s) => s.parse().ok().filter(|n| *n >= 1).ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
     };
     let size = st.settings.page_size;
     let offset = (page - 1).saturating_mul(size);
-    let req = SearchRequest { query: q.to_string(), list: list_id, offset, limit: size };
+    let req = SearchRequest {
+        query: q.to_string(),
+        list: list_id,
+        offset,
+        limit: size,
+    };
     let results = match st.search.search(&req) {
         Ok(r) => r,
         Err(IndexError::Query(e)) => return Err(WebError::BadRequest(e.to_string())),
         Err(e) => return Err(WebError::SearchUnavailable(e.to_string())),
     };
-    let lists = st.store.lists()?.into_iter().map(|l| (l.id.0, l.address.to_string())).collect();
+    let lists = st
+        .store
+        .lists()?
+        .into_iter()
+        .map(|l| (l.id.0, l.address.to_string()))
+        .collect();
     Ok(Some(SearchOutcome { results, lists }))
 }
 
@@ -427,7 +497,10 @@ pub async fn search(State(st): St, Query(p): Query<SearchParams>) -> Result<Resp
     let outcome = match run_search(&st, &p) {
         Ok(o) => o,
         Err(WebError::BadRequest(msg)) => {
-            let mut r = st.page("search.html", ctx! { query => &q, error => msg, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) })?;
+            let mut r = st.page(
+                "search.html",
+                ctx! { query => &q, error => msg, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) },
+            )?;
             *r.status_mut() = StatusCode::BAD_REQUEST;
             return Ok(r);
         }
@@ -443,7 +516,10 @@ pub async fn search(State(st): St, Query(p): Query<SearchParams>) -> Result<Resp
         snippet: Vec<plenary_index::SnippetPart>,
     }
     let Some(o) = outcome else {
-        return st.page("search.html", ctx! { query => &q, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) });
+        return st.page(
+            "search.html",
+            ctx! { query => &q, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) },
+        );
     };
     let hits: Vec<HitView> = o
         .results
@@ -453,7 +529,11 @@ pub async fn search(State(st): St, Query(p): Query<SearchParams>) -> Result<Resp
             let addr = o.lists.get(&h.key.list.0).cloned().unwrap_or_default();
             HitView {
                 url: urls::message(&addr, &h.message_id),
-                subject: if h.subject.is_empty() { "(no subject)".into() } else { h.subject.clone() },
+                subject: if h.subject.is_empty() {
+                    "(no subject)".into()
+                } else {
+                    h.subject.clone()
+                },
                 from: h.from.clone(),
                 date: fmt_date(h.date),
                 list: if scope.is_some() { None } else { Some(addr) },
@@ -502,7 +582,11 @@ pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): 
         let list = st.list_record(&address)?;
         let page: usize = match p.page.as_deref() {
             None | Some("") => 1,
-            Some(s) => s.parse().ok().filter(|n| *n >= 1 && *n <= 10_000).ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
+            Some(s) => s
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1 && *n <= 10_000)
+                .ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
         };
         let per = 50usize;
         let want = page * per;
@@ -520,7 +604,9 @@ pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): 
             }
         }
         let total = st.store.archived_count(list.id)?;
-        Ok(serde_json::json!({ "list": list.address.as_str(), "page": page, "per_page": per, "total": total, "messages": items }))
+        Ok(
+            serde_json::json!({ "list": list.address.as_str(), "page": page, "per_page": per, "total": total, "messages": items }),
+        )
     })();
     match r {
         Ok(v) => Json(v).into_response(),
@@ -537,7 +623,10 @@ pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, Stri
         if let Some(o) = v.as_object_mut() {
             o.insert("list".into(), list.address.as_str().into());
             o.insert("date".into(), iso_date(msg.date()).into());
-            o.insert("url".into(), urls::message(list.address.as_str(), msg.message_id()).into());
+            o.insert(
+                "url".into(),
+                urls::message(list.address.as_str(), msg.message_id()).into(),
+            );
         }
         Ok(v)
     })();
@@ -564,7 +653,8 @@ pub async fn api_search(State(st): St, Query(p): Query<SearchParams>) -> Respons
                     })
                 })
                 .collect();
-            Json(serde_json::json!({ "total": o.results.total, "offset": o.results.offset, "hits": hits })).into_response()
+            Json(serde_json::json!({ "total": o.results.total, "offset": o.results.offset, "hits": hits }))
+                .into_response()
         }
         Err(e) => json_error(e),
     }

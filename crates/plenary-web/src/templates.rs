@@ -27,14 +27,20 @@ impl Templates {
     pub fn load(override_dir: Option<&Path>) -> Result<Templates, String> {
         let mut env = Environment::new();
         env.set_auto_escape_callback(|name| {
-            if name.ends_with(".html") { minijinja::AutoEscape::Html } else { minijinja::AutoEscape::None }
+            if name.ends_with(".html") {
+                minijinja::AutoEscape::Html
+            } else {
+                minijinja::AutoEscape::None
+            }
         });
         for (name, builtin) in BUILTIN {
             let source = match override_dir.map(|d| d.join(name)).filter(|p| p.is_file()) {
-                Some(path) => std::fs::read_to_string(&path).map_err(|e| format!("cannot read template {}: {e}", path.display()))?,
+                Some(path) => std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read template {}: {e}", path.display()))?,
                 None => builtin.to_string(),
             };
-            env.add_template_owned(name.to_string(), source).map_err(|e| format!("template {name}: {e:#}"))?;
+            env.add_template_owned(name.to_string(), source)
+                .map_err(|e| format!("template {name}: {e:#}"))?;
         }
         let css = match override_dir.map(|d| d.join("style.css")).filter(|p| p.is_file()) {
             Some(path) => std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,

@@ -16,16 +16,31 @@ async fn app() -> (tempfile::TempDir, Router) {
     let mut s = StoreSettings::new(dir.path());
     s.min_free_bytes = 0;
     let store = Store::open(s).expect("store");
-    let list = store.create_list(&ListAddress::parse("gov@lists.example.org").expect("addr"), "Governance", "A <b>test</b> list").expect("list");
+    let list = store
+        .create_list(
+            &ListAddress::parse("gov@lists.example.org").expect("addr"),
+            "Governance",
+            "A <b>test</b> list",
+        )
+        .expect("list");
     for raw in [ROOT, REPLY] {
-        let meta = MessageMeta::extract(raw.as_bytes(), Fallback { envelope_date: None, received_at: 1_800_000_000 });
+        let meta = MessageMeta::extract(
+            raw.as_bytes(),
+            Fallback {
+                envelope_date: None,
+                received_at: 1_800_000_000,
+            },
+        );
         store
             .ingest(IngestRequest {
                 raw: raw.as_bytes().to_vec(),
                 meta,
                 origin: Origin::Smtp,
                 envelope_from: String::new(),
-                targets: vec![IngestTarget { list: list.id, kind: RecipientKind::Post }],
+                targets: vec![IngestTarget {
+                    list: list.id,
+                    kind: RecipientKind::Post,
+                }],
                 received_at: 1_800_000_000,
             })
             .await
@@ -35,12 +50,21 @@ async fn app() -> (tempfile::TempDir, Router) {
     let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
     ix.step().expect("index");
     search.reload().expect("reload");
-    let state = Arc::new(AppState { store, search, templates: Templates::load(None).expect("templates"), settings: WebSettings::default() });
+    let state = Arc::new(AppState {
+        store,
+        search,
+        templates: Templates::load(None).expect("templates"),
+        settings: WebSettings::default(),
+    });
     (dir, router(state))
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
-    let res = app.clone().oneshot(Request::get(uri).body(Body::empty()).expect("request")).await.expect("response");
+    let res = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
     let status = res.status();
     let headers = res.headers().clone();
     let body = res.into_body().collect().await.expect("body").to_bytes();
@@ -69,15 +93,27 @@ async fn pages_render_escaped_and_redacted() {
         let (status, headers, body) = get(&app, uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
         assert!(headers.get("content-security-policy").is_some(), "{uri} lacks CSP");
-        assert_eq!(headers.get("x-content-type-options").map(|v| v.as_bytes()), Some(&b"nosniff"[..]));
+        assert_eq!(
+            headers.get("x-content-type-options").map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..])
+        );
         for secret in ["ada@example.org", "bob@example.net", "192.0.2.7", "secret.example"] {
             assert!(!body.contains(secret), "{uri} leaks {secret}");
         }
-        let ctype = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let ctype = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if ctype.starts_with("text/html") {
-            assert!(!body.contains("<script>") && !body.contains("<img src=x"), "{uri} renders markup from a message");
+            assert!(
+                !body.contains("<script>") && !body.contains("<img src=x"),
+                "{uri} renders markup from a message"
+            );
         } else {
-            assert!(ctype.starts_with("text/plain") || ctype.starts_with("application/json"), "{uri}: {ctype}");
+            assert!(
+                ctype.starts_with("text/plain") || ctype.starts_with("application/json"),
+                "{uri}: {ctype}"
+            );
         }
     }
     let (_, _, msg) = get(&app, &format!("/lists/gov@lists.example.org/m/{mid}/")).await;
@@ -106,7 +142,10 @@ async fn unknown_things_are_404_without_echo() {
     ] {
         let (status, _, body) = get(&app, uri).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
-        assert!(!body.contains("script") && !body.contains("suspended"), "{uri} echoes input");
+        assert!(
+            !body.contains("script") && !body.contains("suspended"),
+            "{uri} echoes input"
+        );
     }
     let (status, _, body) = get(&app, "/api/v1/lists/gov@lists.example.org/messages/nope@x").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -118,7 +157,13 @@ async fn hostile_queries_get_a_friendly_400() {
     let (_dir, app) = app().await;
     let deep = format!("/search?q={}a{}", "(".repeat(5000), ")".repeat(5000));
     let nested = format!("/search?q={}a{}", "%28".repeat(20), "%29".repeat(20));
-    for uri in [deep.as_str(), nested.as_str(), "/search?q=a&page=0", "/search?q=a&page=999999", "/search?q=a&list=nosuch@x.org"] {
+    for uri in [
+        deep.as_str(),
+        nested.as_str(),
+        "/search?q=a&page=0",
+        "/search?q=a&page=999999",
+        "/search?q=a&list=nosuch@x.org",
+    ] {
         let (status, _, body) = get(&app, uri).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
         assert!(body.contains("role=\"alert\""));

@@ -4,9 +4,27 @@
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ').add(b'"').add(b'#').add(b'%').add(b'/').add(b'<').add(b'>').add(b'?')
-    .add(b'`').add(b'{').add(b'}').add(b'\\').add(b'^').add(b'|').add(b'[').add(b']').add(b'\'')
-    .add(b'&').add(b'+').add(b';').add(b'=');
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']')
+    .add(b'\'')
+    .add(b'&')
+    .add(b'+')
+    .add(b';')
+    .add(b'=');
 
 pub fn seg(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
@@ -40,7 +58,10 @@ pub fn query_value(s: &str) -> String {
 mod tests {
     #[test]
     fn hostile_ids_stay_in_one_segment() {
-        assert_eq!(super::message("l@x.org", "../../admin@x"), "/lists/l@x.org/m/..%2F..%2Fadmin@x/");
+        assert_eq!(
+            super::message("l@x.org", "../../admin@x"),
+            "/lists/l@x.org/m/..%2F..%2Fadmin@x/"
+        );
         assert_eq!(super::seg("a/b?c#d%e@x"), "a%2Fb%3Fc%23d%25e@x");
         assert_eq!(super::seg("\"><script>@x"), "%22%3E%3Cscript%3E@x");
     }

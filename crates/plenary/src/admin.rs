@@ -23,9 +23,16 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    ListCreate { address: String, name: String, description: String },
+    ListCreate {
+        address: String,
+        name: String,
+        description: String,
+    },
     ListLs,
-    Import { list: String, paths: Vec<PathBuf> },
+    Import {
+        list: String,
+        paths: Vec<PathBuf>,
+    },
     IndexRebuild,
 }
 
@@ -44,12 +51,24 @@ pub enum Mode {
 }
 
 /// Run one request against an open store.
-pub async fn execute(store: &Store, config: &Config, mode: &Mode, req: Request, progress: mpsc::UnboundedSender<String>) -> Result<String, String> {
+pub async fn execute(
+    store: &Store,
+    config: &Config,
+    mode: &Mode,
+    req: Request,
+    progress: mpsc::UnboundedSender<String>,
+) -> Result<String, String> {
     match req {
-        Request::ListCreate { address, name, description } => {
+        Request::ListCreate {
+            address,
+            name,
+            description,
+        } => {
             let addr = ListAddress::parse(&address).map_err(|e| format!("invalid list address {address:?}: {e}"))?;
             let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
-            let rec = store.create_list(&addr, &clean(&name), &clean(&description)).map_err(|e| e.to_string())?;
+            let rec = store
+                .create_list(&addr, &clean(&name), &clean(&description))
+                .map_err(|e| e.to_string())?;
             Ok(format!("created list {} (id {})", rec.address, rec.id.0))
         }
         Request::ListLs => {
@@ -69,7 +88,10 @@ pub async fn execute(store: &Store, config: &Config, mode: &Mode, req: Request, 
                 .list(addr.as_str())
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no list {addr}; create it first with `plenary list create {addr}`"))?;
-            let limits = ImportLimits { max_message_size: config.smtp.max_message_size, mime: config.smtp.mime };
+            let limits = ImportLimits {
+                max_message_size: config.smtp.max_message_size,
+                mime: config.smtp.mime,
+            };
             let summary = import::import(store.clone(), rec.id, paths, limits, progress.clone()).await?;
             if let Mode::Offline { index_dir } = mode {
                 let _ = progress.send("indexing".into());
@@ -93,7 +115,8 @@ pub async fn execute(store: &Store, config: &Config, mode: &Mode, req: Request, 
 /// Drain the index queue (optionally after clearing the index) without a daemon.
 fn index_offline(store: &Store, config: &Config, dir: &Path, rebuild: bool) -> Result<u64, String> {
     let (search, created) = plenary_index::SearchIndex::open(dir, config.query).map_err(|e| e.to_string())?;
-    let mut ix = plenary_index::Indexer::new(store.clone(), search, config.indexer.clone()).map_err(|e| e.to_string())?;
+    let mut ix =
+        plenary_index::Indexer::new(store.clone(), search, config.indexer.clone()).map_err(|e| e.to_string())?;
     if rebuild || created {
         ix.clear().map_err(|e| e.to_string())?;
         store.index_requeue_all(rebuild).map_err(|e| e.to_string())?;
@@ -142,7 +165,9 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), line: &Line) -> std::io::Res
 async fn handle(stream: UnixStream, store: Store, config: Config) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(1 << 20)).lines();
-    let Some(first) = lines.next_line().await? else { return Ok(()) };
+    let Some(first) = lines.next_line().await? else {
+        return Ok(());
+    };
     let req: Request = match serde_json::from_str(&first) {
         Ok(r) => r,
         Err(e) => return send(&mut w, &Line::Error(format!("bad admin request: {e}"))).await,

@@ -90,7 +90,8 @@ impl<'a> Reader<'a> {
             None => default.to_string(),
             Some(toml::Value::String(s)) => s.clone(),
             Some(v) => {
-                self.errors.push(format!("{key}: expected a string, found {}", v.type_str()));
+                self.errors
+                    .push(format!("{key}: expected a string, found {}", v.type_str()));
                 default.to_string()
             }
         }
@@ -105,7 +106,8 @@ impl<'a> Reader<'a> {
                 default
             }
             Some(v) => {
-                self.errors.push(format!("{key}: expected an integer, found {}", v.type_str()));
+                self.errors
+                    .push(format!("{key}: expected an integer, found {}", v.type_str()));
                 default
             }
         }
@@ -119,7 +121,8 @@ impl<'a> Reader<'a> {
         match s.parse() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.errors.push(format!("{key}: {s:?} is not an address like 127.0.0.1:2525"));
+                self.errors
+                    .push(format!("{key}: {s:?} is not an address like 127.0.0.1:2525"));
                 None
             }
         }
@@ -136,8 +139,10 @@ impl Config {
         let table = match path {
             None => toml::Table::new(),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
-                text.parse::<toml::Table>().map_err(|e| format!("config file {} is not valid TOML: {e}", p.display()))?
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| format!("config file {} is not valid TOML: {e}", p.display()))?
             }
         };
         Config::from_table(&table)
@@ -145,7 +150,11 @@ impl Config {
 
     /// Resolve a parsed table. Relative paths are relative to the working directory.
     pub fn from_table(table: &toml::Table) -> Result<Config, String> {
-        let mut r = Reader { root: table, errors: Vec::new(), seen: BTreeSet::new() };
+        let mut r = Reader {
+            root: table,
+            errors: Vec::new(),
+            seen: BTreeSet::new(),
+        };
         let rel = PathBuf::from;
         let data_dir = rel(r.string("data.dir", "./data"));
         let mut store = StoreSettings::new(&data_dir);
@@ -172,7 +181,8 @@ impl Config {
                 }
             },
             _ => {
-                r.errors.push("smtp.tls_cert and smtp.tls_key must be set together".into());
+                r.errors
+                    .push("smtp.tls_cert and smtp.tls_key must be set together".into());
                 None
             }
         };
@@ -194,15 +204,28 @@ impl Config {
             tls,
         };
         let web_listen = r.socket("web.listen", "127.0.0.1:8080");
-        let base_default = format!("http://{}", web_listen.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:8080".into()));
-        let base_url = r.string("web.base_url", &base_default).trim_end_matches('/').to_string();
+        let base_default = format!(
+            "http://{}",
+            web_listen
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "127.0.0.1:8080".into())
+        );
+        let base_url = r
+            .string("web.base_url", &base_default)
+            .trim_end_matches('/')
+            .to_string();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-            r.errors.push(format!("web.base_url: {base_url:?} must start with http:// or https://"));
+            r.errors.push(format!(
+                "web.base_url: {base_url:?} must start with http:// or https://"
+            ));
         }
-        let templates_dir = Some(r.string("web.templates_dir", "")).filter(|s| !s.is_empty()).map(rel);
+        let templates_dir = Some(r.string("web.templates_dir", ""))
+            .filter(|s| !s.is_empty())
+            .map(rel);
         if let Some(d) = &templates_dir {
             if !d.is_dir() {
-                r.errors.push(format!("web.templates_dir: {} is not a directory", d.display()));
+                r.errors
+                    .push(format!("web.templates_dir: {} is not a directory", d.display()));
             }
         }
         let web = WebSettings {
@@ -222,10 +245,15 @@ impl Config {
             commit_delay: Duration::from_millis(r.int("search.commit_delay_ms", 200, 0, 60_000)),
             ..IndexerSettings::default()
         };
-        let admin_socket = Some(r.string("admin.socket", "")).filter(|s| !s.is_empty()).map(rel).unwrap_or_else(|| data_dir.join("admin.sock"));
+        let admin_socket = Some(r.string("admin.socket", ""))
+            .filter(|s| !s.is_empty())
+            .map(rel)
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
         let log_level = r.string("log.level", "info");
         if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
-            r.errors.push(format!("log.level: {log_level:?} is not one of error, warn, info, debug, trace"));
+            r.errors.push(format!(
+                "log.level: {log_level:?} is not one of error, warn, info, debug, trace"
+            ));
         }
         // Unknown sections and keys.
         for (section, v) in table {
@@ -238,10 +266,15 @@ impl Config {
                         }
                     }
                 }
-                None => r.errors.push(format!("{section}: unknown top-level key (keys live in sections such as [smtp])")),
+                None => r.errors.push(format!(
+                    "{section}: unknown top-level key (keys live in sections such as [smtp])"
+                )),
             }
         }
-        debug_assert!(r.seen.iter().all(|k| KEYS.contains(&k.as_str())), "KEYS is missing a key the reader uses");
+        debug_assert!(
+            r.seen.iter().all(|k| KEYS.contains(&k.as_str())),
+            "KEYS is missing a key the reader uses"
+        );
         let (Some(smtp_listen), Some(web_listen)) = (smtp_listen, web_listen) else {
             if r.errors.is_empty() {
                 r.errors.push("smtp.listen and web.listen must not be empty".into());
@@ -251,12 +284,28 @@ impl Config {
         if !r.errors.is_empty() {
             return Err(report(&r.errors));
         }
-        Ok(Config { data_dir, store, smtp, smtp_listen, lmtp_listen, web, web_listen, query, indexer, admin_socket, log_level })
+        Ok(Config {
+            data_dir,
+            store,
+            smtp,
+            smtp_listen,
+            lmtp_listen,
+            web,
+            web_listen,
+            query,
+            indexer,
+            admin_socket,
+            log_level,
+        })
     }
 }
 
 fn report(errors: &[String]) -> String {
-    let mut s = format!("the configuration has {} problem{}:", errors.len(), if errors.len() == 1 { "" } else { "s" });
+    let mut s = format!(
+        "the configuration has {} problem{}:",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
     for e in errors {
         s.push_str("\n  - ");
         s.push_str(e);
@@ -326,7 +375,15 @@ mod tests {
         .parse()
         .expect("toml");
         let err = Config::from_table(&t).err().expect("must fail");
-        for needle in ["bogus", "smtp.listen", "smtp.max_recipients", "smtp.colour: unknown key", "web.page_size", "nope.x: unknown key", "log.level"] {
+        for needle in [
+            "bogus",
+            "smtp.listen",
+            "smtp.max_recipients",
+            "smtp.colour: unknown key",
+            "web.page_size",
+            "nope.x: unknown key",
+            "log.level",
+        ] {
             assert!(err.contains(needle), "report misses {needle}: {err}");
         }
         assert!(err.starts_with("the configuration has 7 problems"), "{err}");

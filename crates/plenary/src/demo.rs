@@ -15,12 +15,19 @@ pub async fn seed(store: &Store, config: &Config) -> Result<(), String> {
     }
     let addr = ListAddress::parse(DEMO_LIST).map_err(|e| e.to_string())?;
     let list = store
-        .create_list(&addr, "Demo coalition", "A demonstration list with a few messages. Send mail to it over SMTP to see it appear.")
+        .create_list(
+            &addr,
+            "Demo coalition",
+            "A demonstration list with a few messages. Send mail to it over SMTP to see it appear.",
+        )
         .map_err(|e| e.to_string())?;
     let path = config.data_dir.join("demo.mbox");
     std::fs::write(&path, DEMO_MBOX).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let limits = ImportLimits { max_message_size: config.smtp.max_message_size, mime: config.smtp.mime };
+    let limits = ImportLimits {
+        max_message_size: config.smtp.max_message_size,
+        mime: config.smtp.mime,
+    };
     let s = import::import(store.clone(), list.id, vec![path], limits, tx).await?;
     tracing::info!(list = DEMO_LIST, imported = s.imported, "seeded the demo list");
     Ok(())

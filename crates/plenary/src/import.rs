@@ -86,7 +86,11 @@ fn open_maybe_gz(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {
     let f = std::fs::File::open(path)?;
     let mut peek = BufReader::new(f);
     let gz = peek.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    Ok(if gz { Box::new(flate2::read::MultiGzDecoder::new(peek)) } else { Box::new(peek) })
+    Ok(if gz {
+        Box::new(flate2::read::MultiGzDecoder::new(peek))
+    } else {
+        Box::new(peek)
+    })
 }
 
 /// Split an mbox stream into messages, calling `emit` for each.
@@ -120,7 +124,11 @@ fn read_mbox(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> std::io::Resul
         }
         let m = cur.get_or_insert_with(|| {
             n += 1;
-            Found { raw: Vec::new(), envelope_date: None, location: format!("{} message {n} (line {lineno})", path.display()) }
+            Found {
+                raw: Vec::new(),
+                envelope_date: None,
+                location: format!("{} message {n} (line {lineno})", path.display()),
+            }
         });
         // mboxrd: ">From " and ">>From " lose one '>'; mboxo's ">From " is restored too.
         let gt = line.iter().take_while(|&&b| b == b'>').count();
@@ -164,7 +172,11 @@ fn read_maildir(dir: &Path, emit: &mut dyn FnMut(Found) -> bool) -> std::io::Res
     for p in files {
         let mut raw = Vec::new();
         open_maybe_gz(&p)?.read_to_end(&mut raw)?;
-        if !emit(Found { raw, envelope_date: None, location: p.display().to_string() }) {
+        if !emit(Found {
+            raw,
+            envelope_date: None,
+            location: p.display().to_string(),
+        }) {
             break;
         }
     }
@@ -176,7 +188,10 @@ fn read_source(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> Result<(), S
     let err = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     if path.is_dir() {
         if !(path.join("cur").is_dir() || path.join("new").is_dir()) {
-            return Err(format!("{} is a directory but not a maildir (no cur/ or new/)", path.display()));
+            return Err(format!(
+                "{} is a directory but not a maildir (no cur/ or new/)",
+                path.display()
+            ));
         }
         return read_maildir(path, emit).map_err(err);
     }
@@ -200,7 +215,11 @@ fn read_source(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> Result<(), S
         // A single message (.eml).
         let mut raw = Vec::new();
         open_maybe_gz(path).map_err(err)?.read_to_end(&mut raw).map_err(err)?;
-        emit(Found { raw, envelope_date: None, location: path.display().to_string() });
+        emit(Found {
+            raw,
+            envelope_date: None,
+            location: path.display().to_string(),
+        });
         Ok(())
     }
 }
@@ -241,7 +260,10 @@ pub async fn import(
                 };
                 if processed % 5000 == 0 {
                     let s = lock(&s2);
-                    let _ = progress.send(format!("{} read, {} imported, {} duplicates", s.processed, s.imported, s.duplicates));
+                    let _ = progress.send(format!(
+                        "{} read, {} imported, {} duplicates",
+                        s.processed, s.imported, s.duplicates
+                    ));
                 }
                 let reject = |why: String| {
                     let mut s = s2.lock().unwrap_or_else(|p| p.into_inner());
@@ -259,7 +281,10 @@ pub async fn import(
                     return true;
                 }
                 let now = chrono::Utc::now().timestamp();
-                let fb = Fallback { envelope_date: found.envelope_date, received_at: now };
+                let fb = Fallback {
+                    envelope_date: found.envelope_date,
+                    received_at: now,
+                };
                 let meta = match mime::scan(&found.raw, &limits.mime) {
                     Ok(_) => MessageMeta::extract(&found.raw, fb),
                     Err(e) => MessageMeta::unparsed(&found.raw, fb, &e.to_string()),
@@ -270,10 +295,15 @@ pub async fn import(
                     meta,
                     origin: Origin::Import,
                     envelope_from: String::new(),
-                    targets: vec![IngestTarget { list, kind: RecipientKind::Post }],
+                    targets: vec![IngestTarget {
+                        list,
+                        kind: RecipientKind::Post,
+                    }],
                     received_at: now,
                 };
-                let Ok(permit) = rt.block_on(sem2.clone().acquire_owned()) else { return false };
+                let Ok(permit) = rt.block_on(sem2.clone().acquire_owned()) else {
+                    return false;
+                };
                 let store = store2.clone();
                 let s3 = s2.clone();
                 let f3 = failure2.clone();
@@ -318,9 +348,15 @@ pub async fn import(
     .await
     .map_err(|e| format!("import task failed: {e}"))??;
     // Wait for every ingest still in flight.
-    let _all = sem.acquire_many(IN_FLIGHT as u32).await.map_err(|e| format!("import: {e}"))?;
+    let _all = sem
+        .acquire_many(IN_FLIGHT as u32)
+        .await
+        .map_err(|e| format!("import: {e}"))?;
     if let Some(f) = failure.lock().ok().and_then(|f| f.clone()) {
-        return Err(format!("{f}; {}", summary.lock().map(|s| s.to_string()).unwrap_or_default()));
+        return Err(format!(
+            "{f}; {}",
+            summary.lock().map(|s| s.to_string()).unwrap_or_default()
+        ));
     }
     let s = summary.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(s)
@@ -332,9 +368,15 @@ mod tests {
 
     #[test]
     fn separator_dates() {
-        assert_eq!(separator_date("From glyph at twistedmatrix.com  Thu Jun 10 12:00:00 1999"), Some(929_016_000));
+        assert_eq!(
+            separator_date("From glyph at twistedmatrix.com  Thu Jun 10 12:00:00 1999"),
+            Some(929_016_000)
+        );
         assert_eq!(separator_date("From mboxrd@z Thu Jan  1 00:00:00 1970"), Some(0));
-        assert_eq!(separator_date("From x@y Sat Jan  3 01:05:34 +0000 2004"), Some(1_073_091_934));
+        assert_eq!(
+            separator_date("From x@y Sat Jan  3 01:05:34 +0000 2004"),
+            Some(1_073_091_934)
+        );
         assert_eq!(separator_date("From nobody"), None);
     }
 

@@ -91,11 +91,17 @@ fn init_logging(level: &str) {
             "warn,plenary={level},plenary_store={level},plenary_index={level},plenary_smtp={level},plenary_web={level}"
         ))
     });
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn admin_command(config: &Config, req: admin::Request) -> anyhow::Result<String> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     rt.block_on(async {
         if let Some(r) = admin::try_daemon(&config.admin_socket, &req).await {
             return r.map_err(|e| anyhow::anyhow!(e));
@@ -116,7 +122,9 @@ fn admin_command(config: &Config, req: admin::Request) -> anyhow::Result<String>
                 eprintln!("{p}");
             }
         });
-        let mode = admin::Mode::Offline { index_dir: config.data_dir.join("index") };
+        let mode = admin::Mode::Offline {
+            index_dir: config.data_dir.join("index"),
+        };
         let r = admin::execute(&store, config, &mode, req, tx).await;
         let _ = printer.await;
         let closed = store.close();
@@ -135,7 +143,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("configuration OK");
             return Ok(());
         }
-        Cmd::List { cmd: ListCmd::Create { address, name, description } } => admin::Request::ListCreate { address, name, description },
+        Cmd::List {
+            cmd:
+                ListCmd::Create {
+                    address,
+                    name,
+                    description,
+                },
+        } => admin::Request::ListCreate {
+            address,
+            name,
+            description,
+        },
         Cmd::List { cmd: ListCmd::Ls } => admin::Request::ListLs,
         Cmd::Import { list, paths } => {
             let paths = paths

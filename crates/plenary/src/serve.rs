@@ -57,21 +57,30 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let store = Store::open(config.store.clone()).context("cannot open the store")?;
     if demo {
-        crate::demo::seed(&store, &config).await.map_err(|e| anyhow::anyhow!("cannot seed the demo list: {e}"))?;
+        crate::demo::seed(&store, &config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot seed the demo list: {e}"))?;
     }
     let index_dir = config.data_dir.join("index");
     let (search, created) = SearchIndex::open(&index_dir, config.query).context("cannot open the search index")?;
     let archived = store.archived_total().context("cannot count archived messages")?;
-    let quarantined = store.index_quarantined().context("cannot read the index quarantine")?.len() as u64;
+    let quarantined = store
+        .index_quarantined()
+        .context("cannot read the index quarantine")?
+        .len() as u64;
     if created || (store.index_pending_len() == 0 && search.num_docs() + quarantined != archived) {
-        let n = store.index_requeue_all(false).context("cannot queue messages for indexing")?;
+        let n = store
+            .index_requeue_all(false)
+            .context("cannot queue messages for indexing")?;
         tracing::info!(messages = n, "building the search index from the store");
     }
     let stop_indexer = Arc::new(AtomicBool::new(false));
-    let indexer = Indexer::new(store.clone(), search.clone(), config.indexer.clone()).context("cannot start the indexer")?;
+    let indexer =
+        Indexer::new(store.clone(), search.clone(), config.indexer.clone()).context("cannot start the indexer")?;
     let indexer_thread = {
         let stop = stop_indexer.clone();
         let wake = store.index_notify();
@@ -84,17 +93,34 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let ctx = Arc::new(Context { settings: config.smtp.clone(), store: store.clone(), shutdown: shutdown_rx.clone() });
-    let smtp = TcpListener::bind(config.smtp_listen).await.with_context(|| format!("cannot listen for SMTP on {}", config.smtp_listen))?;
+    let ctx = Arc::new(Context {
+        settings: config.smtp.clone(),
+        store: store.clone(),
+        shutdown: shutdown_rx.clone(),
+    });
+    let smtp = TcpListener::bind(config.smtp_listen)
+        .await
+        .with_context(|| format!("cannot listen for SMTP on {}", config.smtp_listen))?;
     let smtp_addr = smtp.local_addr()?;
     let lmtp = match config.lmtp_listen {
-        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen for LMTP on {a}"))?),
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen for LMTP on {a}"))?,
+        ),
         None => None,
     };
-    let web = TcpListener::bind(config.web_listen).await.with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
+    let web = TcpListener::bind(config.web_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
     let web_addr = web.local_addr()?;
     let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let state = Arc::new(AppState { store: store.clone(), search: search.clone(), templates, settings: config.web.clone() });
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        search: search.clone(),
+        templates,
+        settings: config.web.clone(),
+    });
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(plenary_smtp::serve(smtp, Protocol::Smtp, ctx.clone()));
