@@ -86,6 +86,8 @@ pub struct StoreSettings {
     pub min_free_bytes: u64,
     /// Largest number of messages in one group commit.
     pub max_batch: usize,
+    /// sled's page cache, in bytes (its own default is 1 GiB).
+    pub cache_bytes: u64,
 }
 
 impl StoreSettings {
@@ -94,6 +96,7 @@ impl StoreSettings {
             data_dir: data_dir.into(),
             min_free_bytes: 64 * 1024 * 1024,
             max_batch: 512,
+            cache_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -156,6 +159,7 @@ impl Store {
         let db = sled::Config::new()
             .path(&dir)
             .flush_every_ms(Some(500))
+            .cache_capacity(settings.cache_bytes)
             .open()
             .map_err(|source| match &source {
                 sled::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {

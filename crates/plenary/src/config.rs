@@ -20,6 +20,7 @@ use std::time::Duration;
 pub const KEYS: &[&str] = &[
     "data.dir",
     "data.min_free_mb",
+    "data.cache_mb",
     "smtp.listen",
     "smtp.lmtp_listen",
     "smtp.hostname",
@@ -159,6 +160,7 @@ impl Config {
         let data_dir = rel(r.string("data.dir", "./data"));
         let mut store = StoreSettings::new(&data_dir);
         store.min_free_bytes = r.int("data.min_free_mb", 64, 0, 1 << 30) * 1024 * 1024;
+        store.cache_bytes = r.int("data.cache_mb", 32, 1, 1 << 20) * 1024 * 1024;
 
         let defaults = SmtpSettings::default();
         let smtp_listen = r.socket("smtp.listen", "127.0.0.1:2525");
@@ -344,6 +346,7 @@ mod tests {
         assert_eq!(from_file.smtp.mime, defaults.smtp.mime);
         assert_eq!(from_file.query, defaults.query);
         assert_eq!(from_file.store.min_free_bytes, defaults.store.min_free_bytes);
+        assert_eq!(from_file.store.cache_bytes, defaults.store.cache_bytes);
         assert_eq!(from_file.admin_socket, defaults.admin_socket);
     }
 
