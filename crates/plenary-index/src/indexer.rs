@@ -13,7 +13,8 @@ use tantivy::{IndexWriter, TantivyDocument, Term};
 /// How the indexer batches its work.
 #[derive(Debug, Clone)]
 pub struct IndexerSettings {
-    /// Wait this long after new work arrives to gather more before committing.
+    /// Wait this long after new work arrives to gather more before committing. Longer means
+    /// fewer, larger segments (less merging) and a later point at which mail is searchable.
     pub commit_delay: Duration,
     /// Most documents in one commit.
     pub max_batch: usize,
@@ -56,7 +57,9 @@ pub struct Indexer {
 
 impl Indexer {
     pub fn new(store: Store, search: SearchIndex, settings: IndexerSettings) -> Result<Indexer, IndexError> {
-        let writer = search.index().writer(settings.writer_memory)?;
+        // One indexing thread: on a small server a second one mostly doubles the number of
+        // segments per commit, and so the merging that follows.
+        let writer = search.index().writer_with_num_threads(1, settings.writer_memory)?;
         Ok(Indexer {
             store,
             search,

@@ -64,28 +64,50 @@ fn first_char(s: &str) -> &str {
 }
 
 /// Obfuscate every address in `text` that the policy does not allow.
+///
+/// Uses `find_iter` (no capture groups), which lets the regex crate use its fast DFA path;
+/// this runs on every body that is indexed or rendered.
 pub fn redact_text<'a>(text: &'a str, policy: &Policy) -> Cow<'a, str> {
     if !policy.obfuscate_addresses || (!text.contains('@') && !text.contains(" at ")) {
         return Cow::Borrowed(text);
     }
-    let step = EMAIL.replace_all(text, |c: &regex::Captures<'_>| {
-        let m = &c[0];
-        if policy.allow.iter().any(|a| a.eq_ignore_ascii_case(m)) {
-            return m.to_string();
+    let allowed = |addr: &str| policy.allow.iter().any(|a| a.eq_ignore_ascii_case(addr));
+    let step = replace_matches(text, &EMAIL, |m| {
+        if allowed(m) {
+            return None;
         }
         let (local, domain) = m.rsplit_once('@').unwrap_or((m, ""));
-        format!("{}…@{}…", first_char(local), first_char(domain))
+        Some(format!("{}…@{}…", first_char(local), first_char(domain)))
     });
-    let out = AT_FORM.replace_all(&step, |c: &regex::Captures<'_>| {
-        let m = &c[0];
+    let at_form = |m: &str| {
         let (local, domain) = m.split_once(" at ").unwrap_or((m, ""));
-        let joined = format!("{local}@{domain}");
-        if policy.allow.iter().any(|a| a.eq_ignore_ascii_case(&joined)) {
-            return m.to_string();
+        if allowed(&format!("{local}@{domain}")) {
+            return None;
         }
-        format!("{}… at {}…", first_char(local), first_char(domain))
-    });
-    Cow::Owned(out.into_owned())
+        Some(format!("{}… at {}…", first_char(local), first_char(domain)))
+    };
+    match step {
+        Cow::Borrowed(t) => replace_matches(t, &AT_FORM, at_form),
+        Cow::Owned(t) => Cow::Owned(replace_matches(&t, &AT_FORM, at_form).into_owned()),
+    }
+}
+
+/// Replace each match of `re` for which `f` returns a replacement.
+fn replace_matches<'a>(text: &'a str, re: &Regex, f: impl Fn(&str) -> Option<String>) -> Cow<'a, str> {
+    let mut out = String::new();
+    let mut last = 0;
+    for m in re.find_iter(text) {
+        if let Some(rep) = f(m.as_str()) {
+            out.push_str(&text[last..m.start()]);
+            out.push_str(&rep);
+            last = m.end();
+        }
+    }
+    if last == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[last..]);
+    Cow::Owned(out)
 }
 
 /// An attachment as the public may see it: name, type and size only.

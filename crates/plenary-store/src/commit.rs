@@ -145,7 +145,14 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = commit_batch(&ctx, &mut counters, &jobs, bytes);
+        tracing::debug!(
+            messages = jobs.len(),
+            bytes,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
         match result {
             Ok((outcomes, queued_for_index)) => {
                 for (job, out) in jobs.into_iter().zip(outcomes) {

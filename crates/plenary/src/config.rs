@@ -244,7 +244,7 @@ impl Config {
             max_offset: r.int("search.max_offset", 10_000, 0, 1_000_000) as usize,
         };
         let indexer = IndexerSettings {
-            commit_delay: Duration::from_millis(r.int("search.commit_delay_ms", 200, 0, 60_000)),
+            commit_delay: Duration::from_millis(r.int("search.commit_delay_ms", 800, 0, 60_000)),
             ..IndexerSettings::default()
         };
         let admin_socket = Some(r.string("admin.socket", ""))
