@@ -50,23 +50,49 @@ fn retry_batch(attempts: u8) -> usize {
 pub struct Indexer {
     store: Store,
     search: SearchIndex,
-    writer: IndexWriter<TantivyDocument>,
+    /// Created on demand and dropped after [`IDLE_DROP`] without work, which gives its
+    /// indexing thread and memory arena back (a list server is idle most of the time).
+    writer: Option<IndexWriter<TantivyDocument>>,
     settings: IndexerSettings,
     policies: HashMap<ListId, Option<Policy>>,
 }
 
 impl Indexer {
     pub fn new(store: Store, search: SearchIndex, settings: IndexerSettings) -> Result<Indexer, IndexError> {
-        // One indexing thread: on a small server a second one mostly doubles the number of
-        // segments per commit, and so the merging that follows.
-        let writer = search.index().writer_with_num_threads(1, settings.writer_memory)?;
-        Ok(Indexer {
+        let mut ix = Indexer {
             store,
             search,
-            writer,
+            writer: None,
             settings,
             policies: HashMap::new(),
-        })
+        };
+        ix.writer()?;
+        Ok(ix)
+    }
+
+    fn writer(&mut self) -> Result<&mut IndexWriter<TantivyDocument>, IndexError> {
+        if self.writer.is_none() {
+            // One indexing thread: on a small server a second one mostly doubles the number
+            // of segments per commit, and so the merging that follows.
+            self.writer = Some(
+                self.search
+                    .index()
+                    .writer_with_num_threads(1, self.settings.writer_memory)?,
+            );
+        }
+        match self.writer.as_mut() {
+            Some(w) => Ok(w),
+            None => unreachable!("the writer was just created"),
+        }
+    }
+
+    /// Drop the writer (after waiting for its merges), releasing its thread and memory.
+    fn release_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.wait_merging_threads() {
+                tracing::warn!(error = %e, "index merge did not finish cleanly");
+            }
+        }
     }
 
     fn policy(&mut self, list: ListId) -> Result<Option<Policy>, IndexError> {
@@ -122,7 +148,7 @@ impl Indexer {
         self.store.index_attempt(&keys)?;
         let f = self.search.fields();
         for key in &keys {
-            self.writer.delete_term(Term::from_field_u64(f.key, key.to_u64()));
+            self.writer()?.delete_term(Term::from_field_u64(f.key, key.to_u64()));
             let Some(stored) = self.store.message(*key)? else {
                 continue;
             };
@@ -146,17 +172,18 @@ impl Indexer {
             for a in public.attachments() {
                 doc.add_text(f.attachment, a.name());
             }
-            self.writer.add_document(doc)?;
+            self.writer()?.add_document(doc)?;
         }
-        self.writer.commit()?;
+        self.writer()?.commit()?;
         self.store.index_done(&keys)?;
         Ok(keys.len())
     }
 
     /// Delete every document (for a rebuild); the caller re-queues the store.
     pub fn clear(&mut self) -> Result<(), IndexError> {
-        self.writer.delete_all_documents()?;
-        self.writer.commit()?;
+        let w = self.writer()?;
+        w.delete_all_documents()?;
+        w.commit()?;
         Ok(())
     }
 
@@ -164,14 +191,26 @@ impl Indexer {
     /// Runs on its own thread (with a large stack, as defence in depth for the parsers).
     pub fn run(mut self, stop: Arc<AtomicBool>, wake: Arc<tokio::sync::Notify>, rt: tokio::runtime::Handle) {
         let mut last_error: Option<Instant> = None;
+        let mut last_work = Instant::now();
+        // Waits are short and check `stop`, so shutdown never waits for a whole commit delay.
+        let wait = |d: Duration| {
+            rt.block_on(async {
+                let _ = tokio::time::timeout(d, wake.notified()).await;
+            })
+        };
         while !stop.load(Ordering::SeqCst) {
             if self.store.index_pending_len() == 0 {
-                rt.block_on(async {
-                    let _ = tokio::time::timeout(Duration::from_millis(500), wake.notified()).await;
-                });
+                if self.writer.is_some() && last_work.elapsed() > IDLE_DROP {
+                    self.release_writer();
+                }
+                wait(Duration::from_millis(500));
                 continue;
             }
-            std::thread::sleep(self.settings.commit_delay);
+            let gather_until = Instant::now() + self.settings.commit_delay;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < gather_until {
+                std::thread::sleep((gather_until - Instant::now()).min(Duration::from_millis(50)));
+            }
+            last_work = Instant::now();
             // A panic in a step (a parser bug) must not end indexing: the attempt counters
             // already recorded make the next steps narrow down on the culprit.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()))
@@ -187,15 +226,21 @@ impl Indexer {
                         tracing::error!(error = %e, "indexing failed; will retry");
                     }
                     last_error = Some(Instant::now());
-                    std::thread::sleep(Duration::from_secs(1));
+                    wait(Duration::from_secs(1));
                 }
             }
         }
-        if let Err(e) = self.step() {
-            tracing::warn!(error = %e, "final index commit failed; the queue keeps the rest");
+        if self.store.index_pending_len() > 0 {
+            if let Err(e) = self.step() {
+                tracing::warn!(error = %e, "final index commit failed; the queue keeps the rest");
+            }
         }
+        self.release_writer();
     }
 }
+
+/// How long the indexer keeps its writer without work.
+const IDLE_DROP: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
