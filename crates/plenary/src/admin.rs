@@ -132,18 +132,24 @@ fn index_offline(store: &Store, config: &Config, dir: &Path, rebuild: bool) -> R
     Ok(total)
 }
 
-/// Serve the admin socket until the task is dropped.
-pub async fn serve(path: PathBuf, store: Store, config: Config) -> std::io::Result<()> {
+/// Bind the admin socket (mode 0600). Called before the daemon announces that it is ready,
+/// so a CLI started right after finds it.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
         // We hold the database lock, so no other daemon owns this socket.
-        std::fs::remove_file(&path)?;
+        std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(&path)?;
+    let listener = UnixListener::bind(path)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
+    Ok(listener)
+}
+
+/// Serve the admin socket until the task is dropped.
+pub async fn serve(listener: UnixListener, store: Store, config: Config) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let store = store.clone();

@@ -106,7 +106,19 @@ fn admin_command(config: &Config, req: admin::Request) -> anyhow::Result<String>
         if let Some(r) = admin::try_daemon(&config.admin_socket, &req).await {
             return r.map_err(|e| anyhow::anyhow!(e));
         }
-        let store = match plenary_store::Store::open(config.store.clone()) {
+        let mut opened = plenary_store::Store::open(config.store.clone());
+        // A daemon that is starting holds the lock a moment before its socket answers.
+        for _ in 0..20 {
+            if !matches!(opened, Err(plenary_store::StoreError::Locked { .. })) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if let Some(r) = admin::try_daemon(&config.admin_socket, &req).await {
+                return r.map_err(|e| anyhow::anyhow!(e));
+            }
+            opened = plenary_store::Store::open(config.store.clone());
+        }
+        let store = match opened {
             Ok(s) => s,
             Err(plenary_store::StoreError::Locked { path }) => anyhow::bail!(
                 "the database at {} is in use by another process, but no daemon answers on its admin socket {}; \

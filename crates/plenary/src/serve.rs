@@ -141,7 +141,9 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             }
         });
     }
-    let admin_task = tokio::spawn(admin::serve(config.admin_socket.clone(), store.clone(), config.clone()));
+    let admin = admin::bind(&config.admin_socket)
+        .with_context(|| format!("cannot create the admin socket {}", config.admin_socket.display()))?;
+    let admin_task = tokio::spawn(admin::serve(admin, store.clone(), config.clone()));
     {
         let store = store.clone();
         tokio::spawn(async move {
