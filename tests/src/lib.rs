@@ -259,6 +259,21 @@ pub fn urlencode(s: &str) -> String {
     out
 }
 
+/// Run a Python 3 script (a real peer: smtplib, ssl) and fail with its output if it fails.
+pub fn python(script: &str) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+    assert!(
+        out.status.success(),
+        "python failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A plain HTTP/1.0 GET; returns status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, _, body) = http_get_full(addr, path);

@@ -472,16 +472,6 @@ print("ok")
         ip = d.smtp.ip(),
         port = d.smtp.port()
     );
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    plenary_e2e::python(&script);
     assert_eq!(d.count(LIST), 1);
 }
