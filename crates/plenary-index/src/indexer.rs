@@ -247,8 +247,8 @@ mod tests {
     use super::*;
     use crate::{QueryLimits, SearchRequest};
     use plenary_core::meta::Fallback;
-    use plenary_core::{ListAddress, MessageMeta, Origin, RecipientKind};
-    use plenary_store::{IngestRequest, IngestTarget, StoreSettings};
+    use plenary_core::{ListAddress, MessageMeta, Origin};
+    use plenary_store::{IngestRequest, StoreSettings};
 
     async fn put(store: &Store, list: ListId, raw: &str) {
         let meta = MessageMeta::extract(
@@ -259,17 +259,13 @@ mod tests {
             },
         );
         store
-            .ingest(IngestRequest {
-                raw: raw.as_bytes().to_vec(),
+            .ingest(IngestRequest::post(
+                list,
+                raw.as_bytes().to_vec(),
                 meta,
-                origin: Origin::Import,
-                envelope_from: String::new(),
-                targets: vec![IngestTarget {
-                    list,
-                    kind: RecipientKind::Post,
-                }],
-                received_at: 1_800_000_000,
-            })
+                Origin::Import,
+                1_800_000_000,
+            ))
             .await
             .expect("ingest");
     }

@@ -75,16 +75,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Replace the stream (after STARTTLS), keeping the session deadline.
-    pub fn with_stream<T>(self, stream: T) -> Conn<T> {
-        Conn {
-            stream,
-            buf: Vec::with_capacity(READ_CHUNK),
-            start: 0,
-            deadline: self.deadline,
-        }
-    }
-
     /// Give up the stream. Buffered input is dropped.
     pub fn into_stream(self) -> S {
         self.stream

@@ -31,6 +31,23 @@ pub struct IngestRequest {
     pub received_at: i64,
 }
 
+impl IngestRequest {
+    /// A post to one list's archive, with no envelope sender (imports, tests).
+    pub fn post(list: ListId, raw: Vec<u8>, meta: MessageMeta, origin: Origin, received_at: i64) -> IngestRequest {
+        IngestRequest {
+            raw,
+            meta,
+            origin,
+            envelope_from: String::new(),
+            targets: vec![IngestTarget {
+                list,
+                kind: RecipientKind::Post,
+            }],
+            received_at,
+        }
+    }
+}
+
 /// Where a message goes: a list and which of its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestTarget {

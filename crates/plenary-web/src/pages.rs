@@ -104,13 +104,9 @@ impl AppState {
         Ok(m)
     }
 
-    fn public(&self, list: &ListRecord, m: &StoredMessage) -> Result<PublicMessage, WebError> {
+    fn public(&self, policy: &Policy, m: &StoredMessage) -> Result<PublicMessage, WebError> {
         let raw = self.store.raw(m)?;
-        plenary_redact::redact(m.key, &m.meta, &raw, &Policy::for_list(list.address.as_str())).ok_or(WebError::NotFound)
-    }
-
-    fn summary(&self, list: &ListRecord, m: &StoredMessage) -> Option<PublicSummary> {
-        plenary_redact::summarize(m.key, &m.meta, &Policy::for_list(list.address.as_str()))
+        plenary_redact::redact(m.key, &m.meta, &raw, policy).ok_or(WebError::NotFound)
     }
 }
 
@@ -169,16 +165,22 @@ struct ListView {
     count: u64,
 }
 
+impl ListView {
+    fn of(l: &ListRecord, count: u64) -> ListView {
+        ListView {
+            address: l.address.to_string(),
+            name: l.name.clone(),
+            description: l.description.clone(),
+            url: urls::list(l.address.as_str()),
+            count,
+        }
+    }
+}
+
 fn list_views(st: &AppState) -> Result<Vec<ListView>, WebError> {
     let mut out = Vec::new();
     for l in st.store.lists()? {
-        out.push(ListView {
-            count: st.store.archived_count(l.id)?,
-            url: urls::list(l.address.as_str()),
-            address: l.address.to_string(),
-            name: l.name,
-            description: l.description,
-        });
+        out.push(ListView::of(&l, st.store.archived_count(l.id)?));
     }
     Ok(out)
 }
@@ -204,6 +206,7 @@ struct ThreadView {
 
 /// Threads with recent activity: the newest messages grouped by thread root.
 fn recent_threads(st: &AppState, list: &ListRecord, max_threads: usize) -> Result<Vec<ThreadView>, WebError> {
+    let policy = Policy::for_list(list.address.as_str());
     let mut order: Vec<(plenary_core::MessageKey, i64)> = Vec::new();
     let mut roots: HashMap<plenary_core::MessageKey, StoredMessage> = HashMap::new();
     for (key, date) in st.store.recent(list.id, 300)? {
@@ -220,7 +223,9 @@ fn recent_threads(st: &AppState, list: &ListRecord, max_threads: usize) -> Resul
     let mut out = Vec::new();
     for (key, last) in order {
         let Some(root) = roots.get(&key) else { continue };
-        let Some(s) = st.summary(list, root) else { continue };
+        let Some(s) = plenary_redact::summarize(root.key, &root.meta, &policy) else {
+            continue;
+        };
         out.push(ThreadView {
             url: urls::thread(list.address.as_str(), s.message_id()),
             subject: s.subject().to_string(),
@@ -252,13 +257,7 @@ pub async fn list(State(st): St, Path(address): Path<String>) -> Result<Response
             count: m.count,
         })
         .collect();
-    let view = ListView {
-        address: list.address.to_string(),
-        name: list.name.clone(),
-        description: list.description.clone(),
-        url: urls::list(list.address.as_str()),
-        count: 0,
-    };
+    let view = ListView::of(&list, 0);
     st.page(
         "list.html",
         ctx! { list => view, threads, months, scope_list => list.address.as_str(), breadcrumbs => crumbs(Some(&list), None) },
@@ -270,6 +269,7 @@ pub async fn month(
     Path((address, year, month)): Path<(String, String, String)>,
 ) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
     let (Ok(y), Ok(m)) = (year.parse::<i32>(), month.parse::<u32>()) else {
         return Err(WebError::NotFound);
     };
@@ -291,24 +291,25 @@ pub async fn month(
     let mut messages = Vec::new();
     for (key, _) in st.store.between(list.id, ts(start), ts(next), 5000)? {
         let Some(stored) = st.store.message(key)? else { continue };
-        if let Some(s) = st.summary(&list, &stored) {
+        if let Some(s) = plenary_redact::summarize(stored.key, &stored.meta, &policy) {
             messages.push(summary_view(&list, &s));
         }
     }
     let label = format!("{} {}", MONTHS[(m - 1) as usize], y);
     st.page(
         "month.html",
-        ctx! { list => ListView { address: list.address.to_string(), name: list.name.clone(), description: list.description.clone(), url: urls::list(list.address.as_str()), count: 0 },
+        ctx! { list => ListView::of(&list, 0),
                    label => &label, messages, scope_list => list.address.as_str(), breadcrumbs => crumbs(Some(&list), Some(&label)) },
     )
 }
 
 pub async fn message(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
-    let msg = st.public(&list, &stored)?;
+    let msg = st.public(&policy, &stored)?;
     let parent = match st.store.parent(&stored)? {
-        Some(p) => st.summary(&list, &p).map(|s| summary_view(&list, &s)),
+        Some(p) => plenary_redact::summarize(p.key, &p.meta, &policy).map(|s| summary_view(&list, &s)),
         None => None,
     };
     let mut replies = Vec::new();
@@ -316,7 +317,7 @@ pub async fn message(State(st): St, Path((address, mid)): Path<(String, String)>
         if let Some(m) = st.store.message(k)? {
             // Only direct replies: messages whose nearest parent is this one.
             if m.meta.parents().next() == Some(msg.message_id()) {
-                if let Some(s) = st.summary(&list, &m) {
+                if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
                     replies.push(summary_view(&list, &s));
                 }
             }
@@ -326,7 +327,7 @@ pub async fn message(State(st): St, Path((address, mid)): Path<(String, String)>
     st.page(
         "message.html",
         ctx! {
-            list => ListView { address: a.to_string(), name: list.name.clone(), description: list.description.clone(), url: urls::list(a), count: 0 },
+            list => ListView::of(&list, 0),
             msg => &msg,
             parent, replies,
             thread_url => urls::thread(a, msg.message_id()),
@@ -340,13 +341,15 @@ pub async fn message(State(st): St, Path((address, mid)): Path<(String, String)>
 
 pub async fn raw(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
-    let msg = st.public(&list, &stored)?;
+    let msg = st.public(&policy, &stored)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.to_raw_text()).into_response())
 }
 
 pub async fn thread(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let current = stored.key;
     let root = st.store.thread_root(stored)?;
@@ -413,7 +416,7 @@ pub async fn thread(State(st): St, Path((address, mid)): Path<(String, String)>)
     let mut messages = Vec::new();
     for i in order {
         let m = &members[i];
-        let Ok(p) = st.public(&list, m) else { continue };
+        let Ok(p) = st.public(&policy, m) else { continue };
         messages.push(Item {
             url: urls::message(list.address.as_str(), p.message_id()),
             subject: p.subject().to_string(),
@@ -430,7 +433,7 @@ pub async fn thread(State(st): St, Path((address, mid)): Path<(String, String)>)
     st.page(
         "thread.html",
         ctx! {
-            list => ListView { address: a.to_string(), name: list.name.clone(), description: list.description.clone(), url: urls::list(a), count: 0 },
+            list => ListView::of(&list, 0),
             subject => &subject, messages, scope_list => a, breadcrumbs => crumbs(Some(&list), Some(&subject)),
         },
     )
@@ -580,6 +583,7 @@ pub struct PageParams {
 pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): Query<PageParams>) -> Response {
     let r = (|| -> Result<serde_json::Value, WebError> {
         let list = st.list_record(&address)?;
+        let policy = Policy::for_list(list.address.as_str());
         let page: usize = match p.page.as_deref() {
             None | Some("") => 1,
             Some(s) => s
@@ -594,7 +598,7 @@ pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): 
         let mut items = Vec::new();
         for (key, _) in keys.into_iter().skip((page - 1) * per) {
             if let Some(m) = st.store.message(key)? {
-                if let Some(s) = st.summary(&list, &m) {
+                if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
                     items.push(serde_json::json!({
                         "message_id": s.message_id(), "subject": s.subject(), "author": s.author(),
                         "date": iso_date(s.date()), "in_reply_to": s.parent(),
@@ -617,8 +621,9 @@ pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): 
 pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, String)>) -> Response {
     let r = (|| -> Result<serde_json::Value, WebError> {
         let list = st.list_record(&address)?;
+        let policy = Policy::for_list(list.address.as_str());
         let stored = st.stored(&list, &mid)?;
-        let msg = st.public(&list, &stored)?;
+        let msg = st.public(&policy, &stored)?;
         let mut v = serde_json::to_value(&msg).map_err(|e| WebError::Internal(e.to_string()))?;
         if let Some(o) = v.as_object_mut() {
             o.insert("list".into(), list.address.as_str().into());

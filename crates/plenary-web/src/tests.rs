@@ -3,9 +3,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use plenary_core::meta::Fallback;
-use plenary_core::{ListAddress, MessageMeta, Origin, RecipientKind};
+use plenary_core::{ListAddress, MessageMeta, Origin};
 use plenary_index::{Indexer, IndexerSettings, QueryLimits};
-use plenary_store::{IngestRequest, IngestTarget, StoreSettings};
+use plenary_store::{IngestRequest, StoreSettings};
 use tower::ServiceExt;
 
 const ROOT: &str = "From: Ada Lovelace <ada@example.org>\r\nTo: gov@lists.example.org\r\nSubject: Charter <script>alert(1)</script>\r\nMessage-ID: <root/1?x#y@example.org>\r\nDate: Tue, 1 Jul 2025 10:00:00 +0000\r\nReceived: from secret.example ([192.0.2.7])\r\n\r\nDraft charter. Contact ada@example.org.\r\n<img src=x onerror=alert(1)>\r\n";
@@ -32,17 +32,13 @@ async fn app() -> (tempfile::TempDir, Router) {
             },
         );
         store
-            .ingest(IngestRequest {
-                raw: raw.as_bytes().to_vec(),
+            .ingest(IngestRequest::post(
+                list.id,
+                raw.as_bytes().to_vec(),
                 meta,
-                origin: Origin::Smtp,
-                envelope_from: String::new(),
-                targets: vec![IngestTarget {
-                    list: list.id,
-                    kind: RecipientKind::Post,
-                }],
-                received_at: 1_800_000_000,
-            })
+                Origin::Smtp,
+                1_800_000_000,
+            ))
             .await
             .expect("ingest");
     }

@@ -123,11 +123,7 @@ fn index_offline(store: &Store, config: &Config, dir: &Path, rebuild: bool) -> R
     }
     let mut total = 0u64;
     while store.index_pending_len() > 0 {
-        let n = ix.step().map_err(|e| e.to_string())?;
-        total += n as u64;
-        if n == 0 && store.index_pending_len() > 0 {
-            continue;
-        }
+        total += ix.step().map_err(|e| e.to_string())? as u64;
     }
     Ok(total)
 }

@@ -13,8 +13,8 @@
 //! stored at all is listed with its reason.
 
 use plenary_core::meta::Fallback;
-use plenary_core::{mime, ListId, MessageMeta, MimeLimits, Origin, RecipientKind};
-use plenary_store::{IngestRequest, IngestTarget, Store, TargetOutcome};
+use plenary_core::{mime, ListId, MessageMeta, MimeLimits, Origin};
+use plenary_store::{IngestRequest, Store, TargetOutcome};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -290,17 +290,7 @@ pub async fn import(
                     Err(e) => MessageMeta::unparsed(&found.raw, fb, &e.to_string()),
                 };
                 let fixes = (meta.date_repaired, meta.generated_id, meta.unparsed.is_some());
-                let req = IngestRequest {
-                    raw: found.raw,
-                    meta,
-                    origin: Origin::Import,
-                    envelope_from: String::new(),
-                    targets: vec![IngestTarget {
-                        list,
-                        kind: RecipientKind::Post,
-                    }],
-                    received_at: now,
-                };
+                let req = IngestRequest::post(list, found.raw, meta, Origin::Import, now);
                 let Ok(permit) = rt.block_on(sem2.clone().acquire_owned()) else {
                     return false;
                 };
