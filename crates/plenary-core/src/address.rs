@@ -31,7 +31,7 @@ pub enum AddressError {
 }
 
 /// The command sub-addresses every list owns. A list's own local part may not end in one.
-const SUFFIXES: [&str; 5] = ["-request", "-join", "-leave", "-owner", "-bounces"];
+const SUFFIXES: [&str; 6] = ["-request", "-join", "-leave", "-owner", "-bounces", "-confirm"];
 
 /// A validated, lower-cased list posting address such as `governance@lists.example.org`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,6 +84,33 @@ impl ListAddress {
         self.0.rsplit('@').next().unwrap_or_default()
     }
 
+    /// `LIST-SUFFIX@domain`, e.g. `sub("request")` gives the command address.
+    pub fn sub(&self, suffix: &str) -> String {
+        format!("{}-{}@{}", self.local(), suffix, self.domain())
+    }
+
+    /// The RFC 2919 list identifier, `local.domain`.
+    pub fn list_id(&self) -> String {
+        format!("{}.{}", self.local(), self.domain())
+    }
+
+    /// The VERP envelope sender naming `member`: `LIST-bounces+user=domain@host`.
+    /// Members whose local part has characters outside `[a-z0-9._+-]` get the plain bounce
+    /// address; their bounces are matched by the DSN's recipient instead.
+    pub fn verp(&self, member: &MemberAddress) -> String {
+        let (local, domain) = member.parts();
+        if local.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)) {
+            format!("{}-bounces+{}={}@{}", self.local(), local, domain, self.domain())
+        } else {
+            self.sub("bounces")
+        }
+    }
+
+    /// The reply address carrying a confirmation or moderation token.
+    pub fn confirm(&self, token: &str) -> String {
+        format!("{}-confirm+{}@{}", self.local(), token, self.domain())
+    }
+
     /// Classify an envelope recipient against this list. `None` means "not ours".
     ///
     /// Comparison is case-insensitive on the whole address. The VERP form
@@ -106,8 +133,15 @@ impl ListAddress {
             "-owner" => Some(RecipientKind::Owner),
             "-bounces" => Some(RecipientKind::Bounces(String::new())),
             _ => {
+                if let Some(token) = rest.strip_prefix("-confirm+") {
+                    // Confirmation and moderation tokens are lower-case base32.
+                    if token.is_empty() || token.len() > 64 || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return None;
+                    }
+                    return Some(RecipientKind::Confirm(token.to_string()));
+                }
                 let token = rest.strip_prefix("-bounces+")?;
-                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"=._-".contains(&b)) {
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"=._+-".contains(&b)) {
                     return None;
                 }
                 Some(RecipientKind::Bounces(token.to_string()))
@@ -150,6 +184,85 @@ impl From<ListAddress> for String {
     }
 }
 
+/// A validated member (or sender) address, lower-cased, such as `ana@example.net`.
+///
+/// Lower-casing the local part is what Mailman does for comparisons; it keeps one member
+/// record per mailbox. Only plain RFC 5321 dot-atoms are accepted: no quoted local parts,
+/// comments, source routes or address literals, and no control characters anywhere, so a
+/// member address can be put in an envelope or a header without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemberAddress(String);
+
+impl MemberAddress {
+    pub fn parse(input: &str) -> Result<MemberAddress, AddressError> {
+        let s = input.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
+        if s.is_empty() {
+            return Err(AddressError::Empty);
+        }
+        if s.len() > MAX_ADDRESS_LEN {
+            return Err(AddressError::TooLong);
+        }
+        let mut it = s.split('@');
+        let (Some(local), Some(domain), None) = (it.next(), it.next(), it.next()) else {
+            return Err(AddressError::NotOneAt);
+        };
+        if local.is_empty()
+            || local.len() > MAX_LOCAL_LEN
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
+            || !local
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b))
+        {
+            return Err(AddressError::BadLocal);
+        }
+        if !valid_domain(domain) {
+            return Err(AddressError::BadDomain);
+        }
+        Ok(MemberAddress(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Local part and domain.
+    pub fn parts(&self) -> (&str, &str) {
+        self.0.rsplit_once('@').unwrap_or((&self.0, ""))
+    }
+
+    pub fn domain(&self) -> &str {
+        self.parts().1
+    }
+
+    /// Undo [`ListAddress::verp`]: `user=domain` back to `user@domain`.
+    pub fn from_verp(token: &str) -> Option<MemberAddress> {
+        let (local, domain) = token.rsplit_once('=')?;
+        MemberAddress::parse(&format!("{local}@{domain}")).ok()
+    }
+}
+
+impl fmt::Display for MemberAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for MemberAddress {
+    type Error = AddressError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        MemberAddress::parse(&s)
+    }
+}
+
+impl From<MemberAddress> for String {
+    fn from(a: MemberAddress) -> String {
+        a.0
+    }
+}
+
 /// What an accepted envelope recipient is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientKind {
@@ -165,6 +278,8 @@ pub enum RecipientKind {
     Owner,
     /// `LIST-bounces@` or the VERP form `LIST-bounces+TOKEN@`; the token (maybe empty).
     Bounces(String),
+    /// `LIST-confirm+TOKEN@`: a reply to a confirmation or moderation notice.
+    Confirm(String),
 }
 
 impl RecipientKind {
@@ -176,6 +291,7 @@ impl RecipientKind {
             RecipientKind::Leave => "leave",
             RecipientKind::Owner => "owner",
             RecipientKind::Bounces(_) => "bounces",
+            RecipientKind::Confirm(_) => "confirm",
         }
     }
 }
@@ -232,6 +348,29 @@ mod tests {
             l.classify("gov-bounces+bob=x.org@lists.example.org"),
             Some(RecipientKind::Bounces("bob=x.org".into()))
         );
+        assert_eq!(
+            l.classify("gov-confirm+abc234@lists.example.org"),
+            Some(RecipientKind::Confirm("abc234".into()))
+        );
+        assert_eq!(l.classify("gov-confirm+a.b@lists.example.org"), None);
+        assert!(ListAddress::parse("x-confirm@x.org").is_err());
+    }
+
+    #[test]
+    fn member_addresses_and_verp() {
+        let m = MemberAddress::parse(" <Ana+lists@Example.NET> ").expect("valid");
+        assert_eq!(m.as_str(), "ana+lists@example.net");
+        let verp = list().verp(&m);
+        assert_eq!(verp, "gov-bounces+ana+lists=example.net@lists.example.org");
+        let Some(RecipientKind::Bounces(tok)) = list().classify(&verp) else {
+            panic!("VERP address must classify as bounces");
+        };
+        assert_eq!(MemberAddress::from_verp(&tok), Some(m));
+        let odd = MemberAddress::parse("o'neil@example.net").expect("valid");
+        assert_eq!(list().verp(&odd), "gov-bounces@lists.example.org");
+        for bad in ["a b@x.org", "a@x", "\"a\"@x.org", "a@[1.2.3.4]", "a\r\n@x.org", "@x.org", "a@@x.org"] {
+            assert!(MemberAddress::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
     }
 
     #[test]

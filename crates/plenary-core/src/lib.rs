@@ -10,15 +10,17 @@
 //! - [`mime`]: a linear-time structural pre-scan that bounds MIME nesting, part count and
 //!   header size *before* any full parser sees a message (mail-parser 0.11 aborts the process
 //!   on deeply nested `message/rfc822` chains, and an abort cannot be caught).
+//! - [`list`]: list settings, member records and the posting rule.
 //! - [`meta`]: the metadata we extract once at ingest (Message-ID, thread references, date,
 //!   sender, subject), including the repairs for broken archives.
 
 pub mod address;
 pub mod ids;
+pub mod list;
 pub mod meta;
 pub mod mime;
 
-pub use address::{AddressError, ListAddress, RecipientKind};
+pub use address::{AddressError, ListAddress, MemberAddress, RecipientKind};
 pub use ids::{ListId, MessageKey};
 pub use meta::{MessageMeta, Origin};
 pub use mime::{MimeLimits, StructureError};

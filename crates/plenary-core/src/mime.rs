@@ -281,8 +281,37 @@ pub fn scan(raw: &[u8], limits: &MimeLimits) -> Result<Structure, StructureError
     }
 }
 
+/// Normalise every line ending (bare CR, bare LF, CRLF) to CRLF.
+///
+/// Outbound mail goes through this before it reaches the relay: with only CRLF line ends,
+/// the SMTP client's dot-stuffing sees every line start, so a stored `<LF>.<LF>` can never end
+/// the DATA early and smuggle a second transaction (SECURITY.md SM-05).
+pub fn crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if raw.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn crlf_normalises_every_ending() {
+        assert_eq!(super::crlf(b"a\nb\r\nc\rd\n.\n"), b"a\r\nb\r\nc\r\nd\r\n.\r\n".to_vec());
+    }
+
     use super::*;
 
     fn lim() -> MimeLimits {

@@ -6,7 +6,7 @@ use crate::reply::{self, Reply};
 use crate::SmtpSettings;
 use plenary_core::meta::Fallback;
 use plenary_core::{mime, ListAddress, MessageMeta, Origin, RecipientKind};
-use plenary_store::{IngestRequest, IngestTarget, Store, StoreError, TargetOutcome};
+use plenary_store::{IngestRequest, IngestTarget, PostHandling, Store, StoreError, TargetOutcome};
 use smtp_proto::Request;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -592,15 +592,31 @@ impl<'a> Session<'a> {
             envelope_from: tx.from.unwrap_or_default(),
             targets: tx.targets.into_iter().map(|(t, _)| t).collect(),
             received_at,
+            handling: PostHandling::ByPolicy,
         };
         match self.ctx.store.ingest(req).await {
             Ok(outcomes) => {
+                // A policy refusal is only reported when nothing else was accepted: the
+                // sending server then tells the author (no backscatter from us).
+                let refused: Vec<&str> = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        TargetOutcome::Rejected(t) => Some(*t),
+                        _ => None,
+                    })
+                    .collect();
+                if !refused.is_empty() && refused.len() == outcomes.len() {
+                    return Reply::new(550, refused[0].to_string());
+                }
                 let ids: Vec<String> = outcomes
                     .iter()
                     .map(|o| match o {
                         TargetOutcome::Archived(k) => format!("{k}"),
                         TargetOutcome::Duplicate(k) => format!("{k} (duplicate)"),
                         TargetOutcome::Inbox(n) => format!("inbox:{n}"),
+                        TargetOutcome::Held(n) => format!("held:{n} (awaiting moderation)"),
+                        TargetOutcome::Rejected(_) => "refused".to_string(),
+                        TargetOutcome::Discarded => "accepted".to_string(),
                     })
                     .collect();
                 Reply::new(250, format!("2.0.0 Ok: stored as {}", ids.join(", ")))

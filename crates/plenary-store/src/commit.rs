@@ -6,10 +6,11 @@
 //! Callers wait on a oneshot channel; nobody gets an answer before the batch is on disk.
 
 use crate::keys;
-use crate::records::{InboxEntry, StoredMessage};
+use crate::records::{FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, StoredMessage};
 use crate::{StoreError, StoreSettings, Trees, CHUNK_SIZE};
 use chrono::Datelike;
-use plenary_core::{ListId, MessageKey, MessageMeta, Origin, RecipientKind};
+use plenary_core::list::{decide, Member, PostDecision, Sender};
+use plenary_core::{ListId, MemberAddress, MessageKey, MessageMeta, Origin, RecipientKind};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Batch;
 use sled::Transactional;
@@ -29,6 +30,19 @@ pub struct IngestRequest {
     pub targets: Vec<IngestTarget>,
     /// Unix seconds.
     pub received_at: i64,
+    /// What happens to posts after they are stored.
+    pub handling: PostHandling,
+}
+
+/// What the committer does with a post to a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostHandling {
+    /// Archive only (imports, tests): nobody is mailed.
+    ArchiveOnly,
+    /// Apply the list's posting policy: distribute, hold, reject or discard.
+    ByPolicy,
+    /// A moderator approved it: archive and distribute.
+    Approved,
 }
 
 impl IngestRequest {
@@ -44,6 +58,7 @@ impl IngestRequest {
                 kind: RecipientKind::Post,
             }],
             received_at,
+            handling: PostHandling::ArchiveOnly,
         }
     }
 }
@@ -64,6 +79,12 @@ pub enum TargetOutcome {
     Duplicate(MessageKey),
     /// Kept in the inbox for the list engine (command/owner/bounce addresses).
     Inbox(u64),
+    /// Kept in the moderation queue under this id.
+    Held(u64),
+    /// Refused by the list's policy (the SMTP session answers 550 with this text).
+    Rejected(&'static str),
+    /// Accepted and dropped by the list's policy.
+    Discarded,
 }
 
 type Reply = oneshot::Sender<Result<Vec<TargetOutcome>, StoreError>>;
@@ -80,6 +101,7 @@ pub(crate) struct CommitCtx {
     pub failed: Arc<AtomicBool>,
     pub settings: StoreSettings,
     pub index_notify: Arc<tokio::sync::Notify>,
+    pub work_notify: Arc<tokio::sync::Notify>,
 }
 
 pub(crate) struct CommitterHandle {
@@ -171,12 +193,16 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
             "group commit"
         );
         match result {
-            Ok((outcomes, queued_for_index)) => {
+            Ok((outcomes, queued_for_index, queued_work)) => {
                 for (job, out) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(out));
                 }
                 if queued_for_index {
                     ctx.index_notify.notify_one();
+                }
+                if queued_work {
+                    ctx.work_notify.notify_waiters();
+                    ctx.work_notify.notify_one();
                 }
             }
             Err(e) => {
@@ -236,13 +262,46 @@ fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+/// Who sent a post, as the list sees it: an owner/moderator, a member (by From or the
+/// envelope sender), or a non-member.
+fn sender_of(t: &Trees, list: &ListRecord, req: &IngestRequest) -> Result<(Sender, Option<MemberAddress>), StoreError> {
+    let candidates: Vec<MemberAddress> = [req.meta.from_addr.as_deref(), Some(req.envelope_from.as_str())]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| MemberAddress::parse(a).ok())
+        .collect();
+    let author = candidates.first().cloned();
+    if candidates.iter().any(|a| list.settings.is_moderator(a)) {
+        return Ok((Sender::Moderator, author));
+    }
+    for a in &candidates {
+        if let Some(v) = t.members.get(keys::member(list.id, a))? {
+            let m: Member = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: format!("member {}", list.id.0),
+                reason: e.to_string(),
+            })?;
+            return Ok((Sender::Member { moderated: m.moderated }, Some(m.address)));
+        }
+    }
+    Ok((Sender::NonMember, author))
+}
+
+/// Texts for policy rejections (static so outcomes stay `Copy`).
+fn reject_text(reason: &str) -> &'static str {
+    if reason.contains("announce") {
+        "5.7.1 Only the list's owners and moderators may post to this list"
+    } else {
+        "5.7.1 Only members may post to this list; join first"
+    }
+}
+
 #[allow(clippy::type_complexity)]
 fn commit_batch(
     ctx: &CommitCtx,
     counters: &mut Counters,
     jobs: &[Job],
     bytes: u64,
-) -> Result<(Vec<Vec<TargetOutcome>>, bool), StoreError> {
+) -> Result<(Vec<Vec<TargetOutcome>>, bool, bool), StoreError> {
     if ctx.failed.load(Ordering::SeqCst) {
         return Err(StoreError::Failed);
     }
@@ -270,6 +329,9 @@ fn commit_batch(
     let mut seen: HashMap<(ListId, String), MessageKey> = HashMap::new();
     let mut all = Vec::with_capacity(jobs.len());
     let mut queued_for_index = false;
+    let mut queued_work = false;
+    let (mut held, mut fanout, mut digest) = (Batch::default(), Batch::default(), Batch::default());
+    let mut list_cache: HashMap<ListId, Option<ListRecord>> = HashMap::new();
 
     for job in jobs {
         let req = &job.req;
@@ -306,6 +368,71 @@ fn commit_batch(
                         outcomes.push(TargetOutcome::Duplicate(MessageKey { list: target.list, seq }));
                         continue;
                     }
+                    let mut author = None;
+                    let distribute = match req.handling {
+                        PostHandling::ArchiveOnly => false,
+                        PostHandling::Approved => {
+                            author = req
+                                .meta
+                                .from_addr
+                                .as_deref()
+                                .and_then(|a| MemberAddress::parse(a).ok());
+                            true
+                        }
+                        PostHandling::ByPolicy => {
+                            let list = match list_cache.get(&target.list) {
+                                Some(l) => l.clone(),
+                                None => {
+                                    let l = match t.list_ids.get(target.list.0.to_be_bytes())? {
+                                        Some(addr) => t
+                                            .lists
+                                            .get(addr)?
+                                            .and_then(|v| serde_json::from_slice::<ListRecord>(&v).ok()),
+                                        None => None,
+                                    };
+                                    list_cache.insert(target.list, l.clone());
+                                    l
+                                }
+                            };
+                            let Some(list) = list else {
+                                outcomes.push(TargetOutcome::Rejected("5.1.1 No such list"));
+                                continue;
+                            };
+                            let (sender, who) = sender_of(t, &list, req)?;
+                            author = who;
+                            match decide(&list.settings, sender) {
+                                PostDecision::Distribute => true,
+                                PostDecision::Reject(reason) => {
+                                    outcomes.push(TargetOutcome::Rejected(reject_text(&reason)));
+                                    continue;
+                                }
+                                PostDecision::Discard => {
+                                    outcomes.push(TargetOutcome::Discarded);
+                                    continue;
+                                }
+                                PostDecision::Hold(reason) => {
+                                    let (blob_no, chunks) = blob_id(&mut c)?;
+                                    let id = ctx.db.generate_id()? + 1;
+                                    let h = HeldPost {
+                                        id,
+                                        list: target.list,
+                                        blob: blob_no,
+                                        chunks,
+                                        meta: req.meta.clone(),
+                                        origin: req.origin,
+                                        envelope_from: req.envelope_from.clone(),
+                                        reason,
+                                        received_at: req.received_at,
+                                        notified: false,
+                                    };
+                                    held.insert(&id.to_be_bytes(), json(&h));
+                                    queued_work = true;
+                                    outcomes.push(TargetOutcome::Held(id));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     let (blob_no, chunks) = blob_id(&mut c)?;
                     let key = MessageKey {
                         list: target.list,
@@ -337,6 +464,24 @@ fn commit_batch(
                         index_q.insert(&key.to_bytes(), &[0u8]);
                         queued_for_index = true;
                     }
+                    if distribute {
+                        let id = ctx.db.generate_id()? + 1;
+                        let job = FanoutJob {
+                            id,
+                            list: target.list,
+                            what: JobKind::Post {
+                                key,
+                                author: author.clone(),
+                            },
+                            created: req.received_at,
+                            cursor: None,
+                            walked: false,
+                            delivered: 0,
+                        };
+                        fanout.insert(&id.to_be_bytes(), json(&job));
+                        digest.insert(&key.to_bytes(), &req.received_at.to_be_bytes());
+                        queued_work = true;
+                    }
                     outcomes.push(TargetOutcome::Archived(key));
                 }
                 other => {
@@ -351,6 +496,7 @@ fn commit_batch(
                         received_at: req.received_at,
                     };
                     inbox.insert(&n.to_be_bytes(), json(&entry));
+                    queued_work = true;
                     outcomes.push(TargetOutcome::Inbox(n));
                 }
             }
@@ -373,8 +519,14 @@ fn commit_batch(
         &t.months,
         &t.inbox,
         &t.index_queue,
+        &t.held,
+        &t.fanout,
+        &t.digest,
     )
-        .transaction(|(tb, tm, ti, td, tc, tmo, tin, tq)| {
+        .transaction(|(tb, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg)| {
+            th.apply_batch(&held)?;
+            tf.apply_batch(&fanout)?;
+            tdg.apply_batch(&digest)?;
             tb.apply_batch(&blobs)?;
             tm.apply_batch(&messages)?;
             ti.apply_batch(&msgid)?;
@@ -398,5 +550,5 @@ fn commit_batch(
         return Err(e);
     }
     *counters = c;
-    Ok((all, queued_for_index))
+    Ok((all, queued_for_index, queued_work))
 }

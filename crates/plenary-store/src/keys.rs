@@ -1,6 +1,6 @@
 //! Key encoding: big-endian integers so that byte order is numeric order.
 
-use plenary_core::{ListId, MessageKey};
+use plenary_core::{ListId, MemberAddress, MessageKey};
 
 pub fn be_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
@@ -70,6 +70,20 @@ pub fn month(list: ListId, year: i32, month: u32) -> [u8; 8] {
     k[..4].copy_from_slice(&list.0.to_be_bytes());
     let ym = (year.clamp(0, 9999) as u32) * 100 + month;
     k[4..].copy_from_slice(&ym.to_be_bytes());
+    k
+}
+
+pub fn member(list: ListId, addr: &MemberAddress) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + addr.as_str().len());
+    k.extend_from_slice(&list.0.to_be_bytes());
+    k.extend_from_slice(addr.as_str().as_bytes());
+    k
+}
+
+pub fn retry(job: u64, rcpt: &MemberAddress) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + rcpt.as_str().len());
+    k.extend_from_slice(&job.to_be_bytes());
+    k.extend_from_slice(rcpt.as_str().as_bytes());
     k
 }
 

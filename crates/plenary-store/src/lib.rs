@@ -19,13 +19,18 @@
 //!   daemon exits to be restarted (fail-stop, never "retry and assume success").
 
 mod commit;
+mod engine;
 mod keys;
 mod read;
 pub mod records;
 mod threads;
 
-pub use commit::{IngestRequest, IngestTarget, TargetOutcome};
-pub use records::{InboxEntry, ListRecord, MonthCount, StoredMessage};
+pub use commit::{IngestRequest, IngestTarget, PostHandling, TargetOutcome};
+pub use engine::Write;
+pub use records::{
+    FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, LogEntry, MonthCount, Pending, PendingAction, RetryEntry,
+    StoredMessage,
+};
 pub use threads::MAX_THREAD;
 
 use std::fs::File;
@@ -127,6 +132,22 @@ pub(crate) struct Trees {
     pub index_queue: sled::Tree,
     /// Schema version and other singletons.
     pub meta: sled::Tree,
+    /// List id (4) + member address → [`plenary_core::list::Member`] (JSON).
+    pub members: sled::Tree,
+    /// One-click unsubscribe token → list id (4) + member address.
+    pub unsub: sled::Tree,
+    /// Confirmation/moderation token → [`records::Pending`] (JSON).
+    pub tokens: sled::Tree,
+    /// Held id (8) → [`records::HeldPost`] (JSON): the moderation queue.
+    pub held: sled::Tree,
+    /// Sequence (8) → [`records::LogEntry`] (JSON): append-only moderation/membership log.
+    pub modlog: sled::Tree,
+    /// Job id (8) → [`records::FanoutJob`] (JSON): the outbound queue.
+    pub fanout: sled::Tree,
+    /// Job id (8) + recipient → [`records::RetryEntry`] (JSON): deliveries waiting to retry.
+    pub retries: sled::Tree,
+    /// List id (4) + seq (8) → received_at (8): posts waiting for the next digest.
+    pub digest: sled::Tree,
 }
 
 struct Inner {
@@ -139,6 +160,8 @@ struct Inner {
     committer: commit::CommitterHandle,
     /// Signalled after each durable commit that queued messages for the search index.
     index_notify: Arc<tokio::sync::Notify>,
+    /// Signalled after commits that created delivery jobs, held posts or inbox mail.
+    work_notify: Arc<tokio::sync::Notify>,
 }
 
 /// A handle on the store; clone it freely.
@@ -183,6 +206,14 @@ impl Store {
             inbox: t("inbox")?,
             index_queue: t("index_queue")?,
             meta: t("meta")?,
+            members: t("members")?,
+            unsub: t("unsub")?,
+            tokens: t("tokens")?,
+            held: t("held")?,
+            modlog: t("modlog")?,
+            fanout: t("fanout")?,
+            retries: t("retries")?,
+            digest: t("digest")?,
         };
         match trees.meta.get(b"schema")? {
             None => {
@@ -200,6 +231,7 @@ impl Store {
         let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
         let failed = Arc::new(AtomicBool::new(false));
         let index_notify = Arc::new(tokio::sync::Notify::new());
+        let work_notify = Arc::new(tokio::sync::Notify::new());
         let committer = commit::CommitterHandle::start(commit::CommitCtx {
             db: db.clone(),
             trees: trees.clone(),
@@ -210,6 +242,7 @@ impl Store {
             failed: failed.clone(),
             settings: settings.clone(),
             index_notify: index_notify.clone(),
+            work_notify: work_notify.clone(),
         })?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -220,6 +253,7 @@ impl Store {
                 failed,
                 committer,
                 index_notify,
+                work_notify,
             }),
         })
     }
@@ -293,6 +327,16 @@ impl Store {
 
     pub(crate) fn committer(&self) -> &commit::CommitterHandle {
         &self.inner.committer
+    }
+
+    /// A new unique id (monotonic across restarts; sled persists its id counter).
+    pub fn new_id(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.generate_id()? + 1)
+    }
+
+    /// Signalled when new delivery jobs or list-engine work were committed.
+    pub fn work_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.work_notify.clone()
     }
 }
 

@@ -32,6 +32,7 @@ impl Store {
                 name: name.to_string(),
                 description: description.to_string(),
                 created: now,
+                settings: Default::default(),
             };
             lists.insert(address.as_str(), serde_json::to_vec(&rec).unwrap_or_default())?;
             ids.insert(&next.to_be_bytes(), address.as_str())?;

@@ -1,7 +1,8 @@
 //! Plain records stored in sled as JSON. Internal to the daemon: no compatibility promise
 //! beyond the schema version in the `meta` tree.
 
-use plenary_core::{ListAddress, ListId, MessageKey, MessageMeta, Origin, RecipientKind};
+use plenary_core::list::{Delivery, JoinedVia, ListSettings};
+use plenary_core::{ListAddress, ListId, MemberAddress, MessageKey, MessageMeta, Origin, RecipientKind};
 use serde::{Deserialize, Serialize};
 
 /// A hosted list.
@@ -14,6 +15,9 @@ pub struct ListRecord {
     pub description: String,
     /// Unix seconds.
     pub created: i64,
+    /// Policies, owners and options (absent in lists made before the list engine).
+    #[serde(default)]
+    pub settings: ListSettings,
 }
 
 /// A message in a list's archive.
@@ -57,4 +61,113 @@ pub struct MonthCount {
     pub year: i32,
     pub month: u32,
     pub count: u64,
+}
+
+/// A post held for moderation. Not archived and not delivered until approved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPost {
+    pub id: u64,
+    pub list: ListId,
+    pub blob: u64,
+    pub chunks: u32,
+    pub meta: MessageMeta,
+    pub origin: Origin,
+    pub envelope_from: String,
+    pub reason: String,
+    pub received_at: i64,
+    /// Set once moderators were sent a notice (with a token to reply to).
+    #[serde(default)]
+    pub notified: bool,
+}
+
+/// One moderation or membership action, in the append-only log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub at: i64,
+    pub list: ListId,
+    /// Who acted: a moderator's address, `cli`, `web`, `system`.
+    pub actor: String,
+    /// e.g. `approve`, `reject`, `discard`, `subscribe`, `unsubscribe`, `disable`.
+    pub action: String,
+    /// What it was about: a Message-ID or a member address.
+    pub subject: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What a confirmation token stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PendingAction {
+    /// Double opt-in: the address confirms it wants to join.
+    Subscribe {
+        list: ListId,
+        address: MemberAddress,
+        name: String,
+        delivery: Delivery,
+        via: JoinedVia,
+    },
+    /// The owner approves a confirmed subscription (policy `approve`).
+    ApproveSubscription {
+        list: ListId,
+        address: MemberAddress,
+        name: String,
+        delivery: Delivery,
+        via: JoinedVia,
+    },
+    /// The address confirms it wants to leave.
+    Unsubscribe { list: ListId, address: MemberAddress },
+    /// A moderator decides on a held post.
+    Moderate { list: ListId, held: u64 },
+}
+
+/// A single-use token and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub action: PendingAction,
+    pub created: i64,
+    pub expires: i64,
+}
+
+/// What a delivery job sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    /// A post, to every member who takes single posts.
+    Post { key: MessageKey, author: Option<MemberAddress> },
+    /// A digest of these posts, to every digest member.
+    Digest { keys: Vec<MessageKey>, number: u64 },
+    /// A message the list composed (confirmation, notice) to named recipients.
+    Notice { to: Vec<MemberAddress>, raw: String },
+    /// Stored mail (owner mail) forwarded to named recipients.
+    Forward { to: Vec<MemberAddress>, blob: u64, chunks: u32 },
+}
+
+/// A durable delivery job. Recipients are walked in address order; `cursor` is the last
+/// recipient handed to the relay (or parked for retry) and is saved after every batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FanoutJob {
+    pub id: u64,
+    pub list: ListId,
+    pub what: JobKind,
+    pub created: i64,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// True once every recipient was tried once; the job ends when its retries end too.
+    #[serde(default)]
+    pub walked: bool,
+    #[serde(default)]
+    pub delivered: u64,
+}
+
+/// A recipient whose delivery failed temporarily, waiting for its next try.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryEntry {
+    pub job: u64,
+    pub rcpt: MemberAddress,
+    pub attempts: u32,
+    pub first_failure: i64,
+    /// Unix seconds of the next try.
+    pub due: i64,
+    pub last_error: String,
 }

@@ -22,6 +22,7 @@ fn req(list: plenary_core::ListId, raw: &[u8], kind: RecipientKind) -> IngestReq
         envelope_from: "a@b.org".into(),
         targets: vec![IngestTarget { list, kind }],
         received_at: 1_800_000_000,
+        handling: PostHandling::ArchiveOnly,
     }
 }
 

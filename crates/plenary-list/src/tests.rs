@@ -1,0 +1,142 @@
+use super::*;
+use plenary_core::list::ListSettings;
+use plenary_store::StoreSettings;
+
+fn engine(dir: &std::path::Path) -> Engine {
+    let mut s = StoreSettings::new(dir);
+    s.min_free_bytes = 0;
+    let store = Store::open(s).expect("open store");
+    let list = ListAddress::parse("gov@lists.example.org").expect("valid");
+    store.create_list(&list, "Gov", "").expect("create list");
+    Engine::new(store, EngineSettings::default())
+}
+
+fn notices(e: &Engine) -> Vec<(Vec<MemberAddress>, String)> {
+    e.store()
+        .jobs()
+        .expect("jobs")
+        .into_iter()
+        .filter_map(|j| match j.what {
+            JobKind::Notice { to, raw } => Some((to, raw)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn token_in(raw: &str) -> String {
+    let i = raw.find("/confirm/").expect("a confirm link") + 9;
+    raw[i..i + 26].to_string()
+}
+
+#[tokio::test]
+async fn double_opt_in_then_one_click_leave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let r = e
+        .request_subscribe("gov@lists.example.org", "Ana@Example.net", "Ana", Delivery::Each, JoinedVia::Web, None)
+        .expect("request");
+    assert_eq!(r, Requested::ConfirmationSent);
+    let list = e.store().list("gov@lists.example.org").expect("read").expect("list");
+    let ana = MemberAddress::parse("ana@example.net").expect("valid");
+    assert!(e.store().member(list.id, &ana).expect("read").is_none(), "not a member before confirming");
+    let n = notices(&e);
+    assert_eq!(n.len(), 1);
+    assert_eq!(n[0].0, vec![ana.clone()]);
+    let tok = token_in(&n[0].1);
+    assert!(n[0].1.contains(&format!("Reply-To: <gov-confirm+{tok}@lists.example.org>")));
+    assert_eq!(e.confirm(&tok, None, "").await.expect("confirm"), Confirmed::Subscribed(ana.clone()));
+    let m = e.store().member(list.id, &ana).expect("read").expect("member now");
+    assert_eq!(m.joined_via, JoinedVia::Web);
+    // Single use.
+    assert!(matches!(e.confirm(&tok, None, "").await, Err(EngineError::BadToken)));
+    // One-click with the member's own token.
+    let (_, who) = e.one_click_unsubscribe(&m.unsub_token).expect("one-click");
+    assert_eq!(who, ana);
+    assert!(e.store().member(list.id, &ana).expect("read").is_none());
+    assert!(matches!(e.one_click_unsubscribe(&m.unsub_token), Err(EngineError::BadToken)));
+    let log = e.store().log(Some(list.id)).expect("log");
+    let actions: Vec<&str> = log.iter().map(|l| l.action.as_str()).collect();
+    assert_eq!(actions, ["subscribe", "unsubscribe"]);
+}
+
+#[tokio::test]
+async fn confirmation_mail_is_rate_limited() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let ip: IpAddr = "192.0.2.7".parse().expect("ip");
+    let mut sent = 0;
+    for _ in 0..10 {
+        if e
+            .request_subscribe("gov@lists.example.org", "victim@example.net", "", Delivery::Each, JoinedVia::Web, Some(ip))
+            .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, EngineSettings::default().confirm_per_address);
+    let mut by_ip = 0;
+    for i in 0..30 {
+        if e
+            .request_subscribe("gov@lists.example.org", &format!("v{i}@example.net"), "", Delivery::Each, JoinedVia::Web, Some(ip))
+            .is_ok()
+        {
+            by_ip += 1;
+        }
+    }
+    assert!(by_ip < 10, "per-IP limit must stop a form flood, sent {by_ip}");
+}
+
+#[tokio::test]
+async fn held_post_is_approved_into_the_archive_and_queue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let mut settings = ListSettings::default();
+    settings.set("owners", "owner@example.org").expect("valid");
+    let list = e.store().set_list_settings("gov@lists.example.org", settings).expect("settings");
+    let raw = b"From: stranger@example.com\r\nSubject: hi\r\nMessage-ID: <h1@x>\r\n\r\nhello\r\n".to_vec();
+    let meta = MessageMeta::extract(&raw, Fallback { envelope_date: None, received_at: now() });
+    let out = e
+        .store()
+        .ingest(IngestRequest {
+            raw,
+            meta,
+            origin: plenary_core::Origin::Smtp,
+            envelope_from: "stranger@example.com".into(),
+            targets: vec![IngestTarget { list: list.id, kind: RecipientKind::Post }],
+            received_at: now(),
+            handling: PostHandling::ByPolicy,
+        })
+        .await
+        .expect("ingest");
+    let Some(TargetOutcome::Held(id)) = out.first() else {
+        panic!("a non-member post must be held, got {out:?}");
+    };
+    assert_eq!(e.store().archived_count(list.id).expect("count"), 0);
+    e.tick().await.expect("tick");
+    let n = notices(&e);
+    assert_eq!(n.len(), 1, "one notice to the owner");
+    assert!(n[0].1.contains("held for moderation"));
+    let reply_to = n[0].1.lines().find(|l| l.starts_with("Reply-To:")).expect("reply-to").to_string();
+    let tok = reply_to.split('+').nth(1).expect("token").split('@').next().expect("token").to_string();
+    // A non-moderator cannot approve by reply.
+    let intruder = MemberAddress::parse("stranger@example.com").expect("valid");
+    assert!(matches!(e.confirm(&tok, Some(&intruder), "approve").await, Err(EngineError::NotAllowed)));
+    let owner = MemberAddress::parse("owner@example.org").expect("valid");
+    let r = e.confirm(&tok, Some(&owner), "> quoted\n\napprove\n").await.expect("approve by reply");
+    assert_eq!(r, Confirmed::Moderated(ModAction::Approve));
+    assert!(e.store().held_post(*id).expect("read").is_none());
+    assert_eq!(e.store().archived_count(list.id).expect("count"), 1);
+    assert!(e.store().jobs().expect("jobs").iter().any(|j| matches!(j.what, JobKind::Post { .. })));
+    let log = e.store().log(Some(list.id)).expect("log");
+    assert_eq!(log.last().map(|l| (l.actor.as_str(), l.action.as_str())), Some(("owner@example.org", "approve")));
+}
+
+#[test]
+fn moderator_replies_and_commands_parse() {
+    assert_eq!(ModAction::from_reply("> approve\n\nReject: off topic, sorry"), Some(ModAction::Reject("off topic, sorry".into())));
+    assert_eq!(ModAction::from_reply("Discard\n"), Some(ModAction::Discard));
+    assert_eq!(ModAction::from_reply("thanks!"), None);
+    assert_eq!(Command::find("Re: subscribe digest", ""), Some(Command::Subscribe(Delivery::Digest)));
+    assert_eq!(Command::find("", "\n> help\nunsubscribe\n"), Some(Command::Unsubscribe));
+    assert_eq!(Command::find("hello", "how do I join?"), None);
+}

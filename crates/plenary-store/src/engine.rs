@@ -1,0 +1,383 @@
+//! State of the list engine and the fan-out worker: members, tokens, the moderation queue,
+//! the moderation log, delivery jobs and retries.
+//!
+//! Why one [`Write`] list applied by [`Store::apply`]: every engine step changes several
+//! trees at once (a confirmed token becomes a member, a log line and a welcome notice; a
+//! delivery batch moves a cursor and parks failures for retry). Applying them in one sled
+//! transaction and then making it durable means a crash leaves either all of a step or none.
+
+use crate::keys;
+use crate::records::{FanoutJob, HeldPost, InboxEntry, ListRecord, LogEntry, Pending, RetryEntry};
+use crate::{Store, StoreError};
+use plenary_core::list::{ListSettings, Member};
+use plenary_core::{ListId, MemberAddress, MessageKey};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+/// One change, applied with others atomically by [`Store::apply`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    PutMember(ListId, Member),
+    RemoveMember(ListId, MemberAddress),
+    PutToken(String, Pending),
+    RemoveToken(String),
+    PutHeld(HeldPost),
+    /// Remove a held post; `true` also frees its stored bytes.
+    RemoveHeld(u64, bool),
+    Log(LogEntry),
+    PutJob(FanoutJob),
+    RemoveJob(u64),
+    PutRetry(RetryEntry),
+    RemoveRetry(u64, MemberAddress),
+    /// The engine handled this inbox entry; `true` also frees its stored bytes.
+    InboxDone(u64, bool),
+    /// Free a stored blob (after a forward job ends).
+    RemoveBlob(u64, u32),
+    /// These posts went into a digest.
+    DigestTaken(Vec<MessageKey>),
+    PutList(ListRecord),
+}
+
+fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| corrupt(what, e))
+}
+
+impl Store {
+    /// Apply `writes` in one transaction, then make them durable.
+    pub fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.apply_with(writes, true)
+    }
+
+    /// Apply `writes` in one transaction; `durable` also flushes and fsyncs before returning.
+    pub fn apply_with(&self, writes: Vec<Write>, durable: bool) -> Result<(), StoreError> {
+        if self.has_failed() {
+            return Err(StoreError::Failed);
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let t = self.trees();
+        let work = writes.iter().any(|w| matches!(w, Write::PutJob(_)));
+        let r: Result<(), TransactionError<()>> = (
+            &t.members,
+            &t.unsub,
+            &t.tokens,
+            &t.held,
+            &t.modlog,
+            &t.fanout,
+            &t.retries,
+            &t.inbox,
+            &t.blobs,
+            &t.digest,
+            &t.lists,
+            &t.meta,
+        )
+            .transaction(|(members, unsub, tokens, held, modlog, fanout, retries, inbox, blobs, digest, lists, meta)| {
+                for w in &writes {
+                    match w {
+                        Write::PutMember(list, m) => {
+                            let k = keys::member(*list, &m.address);
+                            if let Some(old) = members.get(&k)? {
+                                if let Ok(old) = serde_json::from_slice::<Member>(&old) {
+                                    if old.unsub_token != m.unsub_token {
+                                        unsub.remove(old.unsub_token.as_bytes())?;
+                                    }
+                                }
+                            }
+                            members.insert(k.clone(), json(m))?;
+                            unsub.insert(m.unsub_token.as_bytes(), k)?;
+                        }
+                        Write::RemoveMember(list, a) => {
+                            let k = keys::member(*list, a);
+                            if let Some(old) = members.remove(k)? {
+                                if let Ok(old) = serde_json::from_slice::<Member>(&old) {
+                                    unsub.remove(old.unsub_token.as_bytes())?;
+                                }
+                            }
+                        }
+                        Write::PutToken(tok, p) => {
+                            tokens.insert(tok.as_bytes(), json(p))?;
+                        }
+                        Write::RemoveToken(tok) => {
+                            tokens.remove(tok.as_bytes())?;
+                        }
+                        Write::PutHeld(h) => {
+                            held.insert(&h.id.to_be_bytes(), json(h))?;
+                        }
+                        Write::RemoveHeld(id, free) => {
+                            if let Some(v) = held.remove(&id.to_be_bytes())? {
+                                if *free {
+                                    if let Ok(h) = serde_json::from_slice::<HeldPost>(&v) {
+                                        for n in 0..h.chunks {
+                                            blobs.remove(&keys::blob_chunk(h.blob, n))?;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Write::Log(e) => {
+                            let next = meta.get(b"next_log")?.and_then(|v| keys::be_u64(&v)).unwrap_or(1);
+                            meta.insert(b"next_log", &(next + 1).to_be_bytes())?;
+                            modlog.insert(&next.to_be_bytes(), json(e))?;
+                        }
+                        Write::PutJob(j) => {
+                            fanout.insert(&j.id.to_be_bytes(), json(j))?;
+                        }
+                        Write::RemoveJob(id) => {
+                            fanout.remove(&id.to_be_bytes())?;
+                        }
+                        Write::PutRetry(r) => {
+                            retries.insert(keys::retry(r.job, &r.rcpt), json(r))?;
+                        }
+                        Write::RemoveRetry(job, rcpt) => {
+                            retries.remove(keys::retry(*job, rcpt))?;
+                        }
+                        Write::InboxDone(n, free) => {
+                            if let Some(v) = inbox.remove(&n.to_be_bytes())? {
+                                if *free {
+                                    if let Ok(e) = serde_json::from_slice::<InboxEntry>(&v) {
+                                        for c in 0..e.chunks {
+                                            blobs.remove(&keys::blob_chunk(e.blob, c))?;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Write::RemoveBlob(blob, chunks) => {
+                            for c in 0..*chunks {
+                                blobs.remove(&keys::blob_chunk(*blob, c))?;
+                            }
+                        }
+                        Write::DigestTaken(keys_) => {
+                            for k in keys_ {
+                                digest.remove(&k.to_bytes())?;
+                            }
+                        }
+                        Write::PutList(l) => {
+                            lists.insert(l.address.as_str(), json(l))?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match r {
+            Ok(()) => {}
+            Err(TransactionError::Storage(e)) => {
+                self.mark_failed();
+                return Err(StoreError::Sled(e));
+            }
+            Err(TransactionError::Abort(())) => return Err(StoreError::Failed),
+        }
+        if durable {
+            self.sync()?;
+        }
+        if work {
+            self.work_notify().notify_one();
+        }
+        Ok(())
+    }
+
+    /// Change a list's settings.
+    pub fn set_list_settings(&self, address: &str, settings: ListSettings) -> Result<ListRecord, StoreError> {
+        let mut rec = self
+            .list(address)?
+            .ok_or_else(|| corrupt(address, "no such list"))?;
+        rec.settings = settings;
+        self.apply(vec![Write::PutList(rec.clone())])?;
+        Ok(rec)
+    }
+
+    pub fn member(&self, list: ListId, addr: &MemberAddress) -> Result<Option<Member>, StoreError> {
+        match self.trees().members.get(keys::member(list, addr))? {
+            Some(v) => Ok(Some(parse("member", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Members of a list in address order, after `cursor` (exclusive), at most `limit`.
+    pub fn members_after(&self, list: ListId, cursor: Option<&str>, limit: usize) -> Result<Vec<Member>, StoreError> {
+        let prefix = list.0.to_be_bytes();
+        let start = match cursor {
+            Some(c) => {
+                let mut k = prefix.to_vec();
+                k.extend_from_slice(c.as_bytes());
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for kv in self.trees().members.range(start..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(parse("member", &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn member_count(&self, list: ListId) -> usize {
+        self.trees().members.scan_prefix(list.0.to_be_bytes()).count()
+    }
+
+    /// The member a one-click unsubscribe token belongs to.
+    pub fn member_by_unsub(&self, token: &str) -> Result<Option<(ListId, Member)>, StoreError> {
+        let Some(k) = self.trees().unsub.get(token.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(list) = keys::be_u32(&k).map(ListId) else {
+            return Ok(None);
+        };
+        match self.trees().members.get(&k)? {
+            Some(v) => Ok(Some((list, parse("member", &v)?))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn token(&self, token: &str) -> Result<Option<Pending>, StoreError> {
+        match self.trees().tokens.get(token.as_bytes())? {
+            Some(v) => Ok(Some(parse("token", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Tokens that expired before `now`.
+    pub fn expired_tokens(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().tokens.iter() {
+            let (k, v) = kv?;
+            let p: Pending = parse("token", &v)?;
+            if p.expires < now {
+                out.push(String::from_utf8_lossy(&k).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Held posts, oldest first (all lists, or one).
+    pub fn held(&self, list: Option<ListId>) -> Result<Vec<HeldPost>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().held.iter() {
+            let (_, v) = kv?;
+            let h: HeldPost = parse("held", &v)?;
+            if list.is_none_or(|l| l == h.list) {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn held_post(&self, id: u64) -> Result<Option<HeldPost>, StoreError> {
+        match self.trees().held.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(parse("held", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw bytes of a held post.
+    pub fn held_raw(&self, h: &HeldPost) -> Result<Vec<u8>, StoreError> {
+        self.blob(h.blob, h.chunks, h.meta.size as usize)
+    }
+
+    /// The moderation and membership log, oldest first.
+    pub fn log(&self, list: Option<ListId>) -> Result<Vec<LogEntry>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().modlog.iter() {
+            let (_, v) = kv?;
+            let e: LogEntry = parse("log", &v)?;
+            if list.is_none_or(|l| l == e.list) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delivery jobs, oldest first.
+    pub fn jobs(&self) -> Result<Vec<FanoutJob>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().fanout.iter() {
+            let (_, v) = kv?;
+            out.push(parse("job", &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<FanoutJob>, StoreError> {
+        match self.trees().fanout.get(id.to_be_bytes())? {
+            Some(v) => Ok(Some(parse("job", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every parked retry.
+    pub fn retries(&self) -> Result<Vec<RetryEntry>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().retries.iter() {
+            let (_, v) = kv?;
+            out.push(parse("retry", &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn job_has_retries(&self, job: u64) -> bool {
+        self.trees().retries.scan_prefix(job.to_be_bytes()).next().is_some()
+    }
+
+    /// Inbox entries (mail for command, owner, bounce and confirm addresses), oldest first.
+    pub fn inbox(&self, limit: usize) -> Result<Vec<(u64, InboxEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().inbox.iter().take(limit) {
+            let (k, v) = kv?;
+            out.push((keys::be_u64(&k).unwrap_or(0), parse("inbox", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn inbox_raw(&self, e: &InboxEntry) -> Result<Vec<u8>, StoreError> {
+        self.blob(e.blob, e.chunks, 0)
+    }
+
+    /// Raw bytes of a stored blob (a forward job's message).
+    pub fn blob_raw(&self, blob: u64, chunks: u32) -> Result<Vec<u8>, StoreError> {
+        self.blob(blob, chunks, 0)
+    }
+
+    /// Posts waiting for a digest, per list: (key, received_at), oldest first.
+    pub fn digest_pending(&self) -> Result<Vec<(MessageKey, i64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.trees().digest.iter() {
+            let (k, v) = kv?;
+            if let (Some(key), Some(at)) = (MessageKey::from_bytes(&k), keys::be_u64(&v)) {
+                out.push((key, at as i64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A counter kept in the meta tree (digest numbers), incremented durably by the caller.
+    pub fn counter(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .trees()
+            .meta
+            .get(name.as_bytes())?
+            .and_then(|v| keys::be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    pub fn set_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.trees().meta.insert(name.as_bytes(), &value.to_be_bytes())?;
+        Ok(())
+    }
+}
