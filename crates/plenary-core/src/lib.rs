@@ -19,6 +19,7 @@ pub mod ids;
 pub mod list;
 pub mod meta;
 pub mod mime;
+pub mod urls;
 
 pub use address::{AddressError, ListAddress, MemberAddress, RecipientKind};
 pub use ids::{ListId, MessageKey};

@@ -1,1 +1,568 @@
-//! placeholder
+//! The fan-out worker: delivers the durable outbound queue through an SMTP relay.
+//!
+//! A job (one post, digest, notice or forward) is walked in recipient order in batches. For
+//! each batch the copies are built and signed on blocking threads (one RSA operation per
+//! copy; the body hash is computed once per job), handed to the relay over a pool of
+//! reused connections with `lettre`, and then the job's cursor, the failures parked for
+//! retry and the bounce scores are written in one durable transaction. A crash replays at
+//! most the batch in flight: a recipient may get a copy once more than intended, never zero
+//! times. Temporary failures (4xx, connection errors) retry with exponential backoff until
+//! `give_up`, then count as a bounce; permanent ones (5xx) count at once.
+
+pub mod compose;
+pub mod dkim;
+
+use compose::{prepare, Prepared, Transform};
+use dkim::DkimKey;
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::{authentication::Credentials, PoolConfig};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use plenary_core::list::{Delivery, Member};
+use plenary_core::MemberAddress;
+use plenary_list::Engine;
+use plenary_store::{FanoutJob, JobKind, ListRecord, RetryEntry, Store, StoreError, Write};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the worker reaches its relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+/// Fan-out settings (the `[relay]` and `[fanout]` config sections).
+#[derive(Debug, Clone)]
+pub struct FanoutSettings {
+    pub relay_host: String,
+    pub relay_port: u16,
+    pub tls: RelayTls,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Parallel SMTP transactions (pooled connections).
+    pub concurrency: usize,
+    /// Recipients per durable batch.
+    pub batch: usize,
+    /// Largest hand-over rate in messages per second (0: unlimited).
+    pub max_per_second: u32,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// After this long a temporarily failing recipient counts as bounced.
+    pub give_up: Duration,
+    /// Public base URL of the archive (one-click links and permalinks).
+    pub base_url: String,
+    pub timeout: Duration,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> FanoutSettings {
+        FanoutSettings {
+            relay_host: "127.0.0.1".into(),
+            relay_port: 25,
+            tls: RelayTls::None,
+            username: None,
+            password: None,
+            concurrency: 16,
+            batch: 500,
+            max_per_second: 0,
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            give_up: Duration::from_secs(5 * 86_400),
+            base_url: "http://127.0.0.1:8080".into(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("relay settings: {0}")]
+    Relay(String),
+    #[error(transparent)]
+    Dkim(#[from] dkim::DkimError),
+    #[error("list engine: {0}")]
+    Engine(String),
+}
+
+/// Base64 (standard, padded), for DKIM values.
+pub(crate) fn b64(b: &[u8]) -> String {
+    plenary_list::notice::base64(b)
+}
+
+/// The result of one SMTP transaction.
+enum Sent {
+    Ok,
+    /// 5xx: the recipient bounced.
+    Permanent(String),
+    /// 4xx or no connection: try again later.
+    Temporary(String),
+}
+
+/// One recipient's copy, built and ready for the relay.
+struct Copy {
+    rcpt: MemberAddress,
+    from: String,
+    bytes: Vec<u8>,
+}
+
+/// What one job sends, prepared once.
+struct JobPlan {
+    list: ListRecord,
+    /// For digests: the MIME and the plain form.
+    prepared: Vec<Arc<Prepared>>,
+    author: Option<MemberAddress>,
+}
+
+pub struct Worker {
+    store: Store,
+    engine: Engine,
+    settings: FanoutSettings,
+    keys: Arc<Vec<DkimKey>>,
+    relay: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Worker {
+    pub fn new(store: Store, engine: Engine, settings: FanoutSettings, keys: Vec<DkimKey>) -> Result<Worker, FanoutError> {
+        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.relay_host)
+            .port(settings.relay_port)
+            .timeout(Some(settings.timeout))
+            .pool_config(PoolConfig::new().max_size(settings.concurrency.max(1) as u32));
+        let tls = || {
+            TlsParameters::new(settings.relay_host.clone())
+                .map_err(|e| FanoutError::Relay(format!("TLS for {}: {e}", settings.relay_host)))
+        };
+        b = match settings.tls {
+            RelayTls::None => b.tls(Tls::None),
+            RelayTls::StartTls => b.tls(Tls::Required(tls()?)),
+            RelayTls::Tls => b.tls(Tls::Wrapper(tls()?)),
+        };
+        if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
+            b = b.credentials(Credentials::new(u.clone(), p.clone()));
+        }
+        Ok(Worker {
+            store,
+            engine,
+            settings,
+            keys: Arc::new(keys),
+            relay: b.build(),
+        })
+    }
+
+    async fn send(&self, copy: &Copy) -> Sent {
+        let from = match copy.from.parse() {
+            Ok(a) => a,
+            Err(e) => return Sent::Permanent(format!("bad envelope sender: {e}")),
+        };
+        let to = match copy.rcpt.as_str().parse() {
+            Ok(a) => a,
+            Err(e) => return Sent::Permanent(format!("bad recipient: {e}")),
+        };
+        let env = match Envelope::new(Some(from), vec![to]) {
+            Ok(e) => e,
+            Err(e) => return Sent::Permanent(format!("bad envelope: {e}")),
+        };
+        match self.relay.send_raw(&env, &copy.bytes).await {
+            Ok(_) => Sent::Ok,
+            Err(e) if e.is_permanent() => Sent::Permanent(e.to_string()),
+            Err(e) => Sent::Temporary(e.to_string()),
+        }
+    }
+
+    /// Build the plan of a job: load and prepare its message(s) once.
+    fn plan(&self, job: &FanoutJob) -> Result<Option<JobPlan>, FanoutError> {
+        let Some(list) = self.store.list_by_id(job.list)? else {
+            return Ok(None);
+        };
+        let base = &self.settings.base_url;
+        let (prepared, author) = match &job.what {
+            JobKind::Post { key, author } => {
+                let Some(m) = self.store.message(*key)? else {
+                    return Ok(None);
+                };
+                let raw = self.store.raw(&m)?;
+                let t = Transform {
+                    archived_at: (!m.meta.no_archive).then(|| compose::permalink(base, &list, &m.meta.message_id)),
+                    list_changes: true,
+                    list_headers: true,
+                };
+                (vec![Arc::new(prepare(&list, &raw, base, &t))], author.clone())
+            }
+            JobKind::Digest { keys, number } => {
+                let d = plenary_list::digest::build(&self.store, &list, keys, *number)?;
+                let t = Transform {
+                    archived_at: None,
+                    list_changes: false,
+                    list_headers: true,
+                };
+                (
+                    vec![
+                        Arc::new(prepare(&list, &d.mime, base, &t)),
+                        Arc::new(prepare(&list, &d.plain, base, &t)),
+                    ],
+                    None,
+                )
+            }
+            JobKind::Notice { raw, .. } => {
+                let t = Transform::default();
+                (vec![Arc::new(prepare(&list, raw.as_bytes(), base, &t))], None)
+            }
+            JobKind::Forward { blob, chunks, .. } => {
+                let raw = self.store.blob_raw(*blob, *chunks)?;
+                (vec![Arc::new(prepare(&list, &raw, base, &Transform::default()))], None)
+            }
+        };
+        Ok(Some(JobPlan { list, prepared, author }))
+    }
+
+    /// The next recipients of a job after its cursor: (address, one-click token, variant).
+    fn next_recipients(&self, job: &FanoutJob, plan: &JobPlan) -> Result<Vec<(MemberAddress, Option<String>, usize)>, FanoutError> {
+        let limit = self.settings.batch.max(1);
+        let explicit = |to: &[MemberAddress]| {
+            to.iter()
+                .filter(|a| job.cursor.as_deref().is_none_or(|c| a.as_str() > c))
+                .take(limit)
+                .map(|a| (a.clone(), None, 0))
+                .collect::<Vec<_>>()
+        };
+        match &job.what {
+            JobKind::Notice { to, .. } | JobKind::Forward { to, .. } => {
+                let mut to = to.clone();
+                to.sort();
+                to.dedup();
+                Ok(explicit(&to))
+            }
+            JobKind::Post { .. } | JobKind::Digest { .. } => {
+                let digest = matches!(job.what, JobKind::Digest { .. });
+                let mut out = Vec::new();
+                let mut cursor = job.cursor.clone();
+                // Skip members who take no copy without ending the walk early.
+                loop {
+                    let members = self.store.members_after(job.list, cursor.as_deref(), limit)?;
+                    let Some(last) = members.last() else { break };
+                    cursor = Some(last.address.to_string());
+                    let full = members.len() == limit;
+                    for m in members {
+                        if let Some(r) = self.wants(&m, job, plan, digest) {
+                            out.push(r);
+                        }
+                    }
+                    if out.len() >= limit / 2 || !full {
+                        break;
+                    }
+                }
+                // The cursor must reach past skipped members too: carry it in a sentinel.
+                if out.is_empty() {
+                    if let Some(c) = cursor {
+                        if job.cursor.as_deref() != Some(c.as_str()) {
+                            return Ok(vec![(MemberAddress::parse(&c).map_err(|e| FanoutError::Engine(e.to_string()))?, None, usize::MAX)]);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn wants(&self, m: &Member, job: &FanoutJob, plan: &JobPlan, digest: bool) -> Option<(MemberAddress, Option<String>, usize)> {
+        if m.joined_at > job.created {
+            return None; // joined after the post arrived
+        }
+        if digest {
+            if !m.gets_digest() {
+                return None;
+            }
+            let v = if m.delivery == Delivery::PlainDigest { 1 } else { 0 };
+            return Some((m.address.clone(), Some(m.unsub_token.clone()), v.min(plan.prepared.len() - 1)));
+        }
+        m.gets_post_from(plan.author.as_ref())
+            .then(|| (m.address.clone(), Some(m.unsub_token.clone()), 0))
+    }
+
+    /// Build and sign copies on blocking threads (RSA is the cost; use every core).
+    async fn build(&self, plan: &JobPlan, rcpts: Vec<(MemberAddress, Option<String>, usize)>) -> Result<Vec<Copy>, FanoutError> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let chunk = rcpts.len().div_ceil(threads).max(1);
+        let mut handles = Vec::new();
+        let list = plan.list.clone();
+        for part in rcpts.chunks(chunk) {
+            let part = part.to_vec();
+            let prepared = plan.prepared.clone();
+            let keys = self.keys.clone();
+            let list = list.clone();
+            handles.push(tokio::task::spawn_blocking(move || -> Result<Vec<Copy>, dkim::DkimError> {
+                let t = now();
+                part.into_iter()
+                    .map(|(rcpt, tok, v)| {
+                        let bytes = prepared[v].render(&keys, tok.as_deref(), t)?;
+                        Ok(Copy {
+                            from: compose::envelope_from(&list, &rcpt),
+                            rcpt,
+                            bytes,
+                        })
+                    })
+                    .collect()
+            }));
+        }
+        let mut out = Vec::with_capacity(rcpts.len());
+        for h in handles {
+            out.extend(h.await.map_err(|e| FanoutError::Engine(e.to_string()))??);
+        }
+        Ok(out)
+    }
+
+    /// Send copies with up to `concurrency` transactions in flight.
+    async fn send_all(self: &Arc<Self>, copies: Vec<Copy>) -> Vec<(MemberAddress, Sent)> {
+        let sem = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for c in copies {
+            let Ok(permit) = sem.clone().acquire_owned().await else { break };
+            let me = self.clone();
+            set.spawn(async move {
+                let r = me.send(&c).await;
+                drop(permit);
+                (c.rcpt, r)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn backoff(&self, attempts: u32) -> i64 {
+        let base = self.settings.retry_initial.as_secs().max(1);
+        let d = base.saturating_mul(1u64 << attempts.min(20)).min(self.settings.retry_max.as_secs().max(base));
+        d as i64
+    }
+
+    /// Writes for results of one batch.
+    fn outcome_writes(&self, job: &FanoutJob, list: &ListRecord, results: Vec<(MemberAddress, Sent)>, prior: &HashMap<MemberAddress, RetryEntry>) -> Result<(Vec<Write>, u64), FanoutError> {
+        let mut writes = Vec::new();
+        let mut delivered = 0;
+        let t = now();
+        let member_job = matches!(job.what, JobKind::Post { .. } | JobKind::Digest { .. });
+        for (rcpt, r) in results {
+            let old = prior.get(&rcpt);
+            match r {
+                Sent::Ok => {
+                    delivered += 1;
+                    if old.is_some() {
+                        writes.push(Write::RemoveRetry(job.id, rcpt));
+                    }
+                }
+                Sent::Permanent(why) => {
+                    tracing::info!(list = %list.address, job = job.id, error = %why, "permanent delivery failure");
+                    if old.is_some() {
+                        writes.push(Write::RemoveRetry(job.id, rcpt.clone()));
+                    }
+                    if member_job {
+                        writes.extend(self.engine.bounce_writes(list, &rcpt, true, &why).map_err(|e| FanoutError::Engine(e.to_string()))?);
+                    }
+                }
+                Sent::Temporary(why) => {
+                    let attempts = old.map(|o| o.attempts + 1).unwrap_or(1);
+                    let first = old.map(|o| o.first_failure).unwrap_or(t);
+                    if t - first >= self.settings.give_up.as_secs() as i64 {
+                        writes.push(Write::RemoveRetry(job.id, rcpt.clone()));
+                        if member_job {
+                            writes.extend(
+                                self.engine
+                                    .bounce_writes(list, &rcpt, true, &format!("gave up: {why}"))
+                                    .map_err(|e| FanoutError::Engine(e.to_string()))?,
+                            );
+                        }
+                    } else {
+                        writes.push(Write::PutRetry(RetryEntry {
+                            job: job.id,
+                            rcpt,
+                            attempts,
+                            first_failure: first,
+                            due: t + self.backoff(attempts - 1),
+                            last_error: why.chars().take(300).collect(),
+                        }));
+                    }
+                }
+            }
+        }
+        Ok((writes, delivered))
+    }
+
+    /// Walk one batch of a job. Returns the number of copies handed over.
+    async fn step_job(self: &Arc<Self>, mut job: FanoutJob, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<usize, FanoutError> {
+        let plan = match plans.get(&job.id) {
+            Some(p) => p.clone(),
+            None => match self.plan(&job)? {
+                Some(p) => {
+                    let p = Arc::new(p);
+                    plans.insert(job.id, p.clone());
+                    p
+                }
+                None => {
+                    tracing::warn!(job = job.id, "delivery job refers to a missing list or message; dropped");
+                    self.store.apply(vec![Write::RemoveJob(job.id)])?;
+                    return Ok(0);
+                }
+            },
+        };
+        if job.walked {
+            if !self.store.job_has_retries(job.id) {
+                let mut w = vec![Write::RemoveJob(job.id)];
+                if let JobKind::Forward { blob, chunks, .. } = job.what {
+                    w.push(Write::RemoveBlob(blob, chunks));
+                }
+                self.store.apply(w)?;
+                plans.remove(&job.id);
+                tracing::info!(job = job.id, delivered = job.delivered, "delivery job done");
+            }
+            return Ok(0);
+        }
+        let rcpts = self.next_recipients(&job, &plan)?;
+        if rcpts.is_empty() {
+            job.walked = true;
+            self.store.apply(vec![Write::PutJob(job)])?;
+            return Ok(0);
+        }
+        if rcpts.len() == 1 && rcpts[0].2 == usize::MAX {
+            // Only skipped members in this stretch: move the cursor on.
+            job.cursor = Some(rcpts[0].0.to_string());
+            self.store.apply_with(vec![Write::PutJob(job)], false)?;
+            return Ok(0);
+        }
+        let last = rcpts.last().map(|r| r.0.to_string());
+        let started = Instant::now();
+        let copies = self.build(&plan, rcpts).await?;
+        let n = copies.len();
+        let results = self.send_all(copies).await;
+        let (mut writes, delivered) = self.outcome_writes(&job, &plan.list, results, &HashMap::new())?;
+        job.cursor = last;
+        job.delivered += delivered;
+        writes.push(Write::PutJob(job));
+        self.store.apply(writes)?;
+        self.pace(n, started).await;
+        Ok(n)
+    }
+
+    async fn pace(&self, n: usize, started: Instant) {
+        if self.settings.max_per_second > 0 {
+            let want = Duration::from_secs_f64(n as f64 / f64::from(self.settings.max_per_second));
+            if let Some(rest) = want.checked_sub(started.elapsed()) {
+                tokio::time::sleep(rest).await;
+            }
+        }
+    }
+
+    /// Retry the parked deliveries that are due.
+    async fn step_retries(self: &Arc<Self>, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<usize, FanoutError> {
+        let t = now();
+        let mut due: HashMap<u64, Vec<RetryEntry>> = HashMap::new();
+        for r in self.store.retries()? {
+            if r.due <= t {
+                due.entry(r.job).or_default().push(r);
+            }
+        }
+        let mut total = 0;
+        for (job_id, entries) in due {
+            let Some(job) = self.store.job(job_id)? else {
+                self.store
+                    .apply(entries.into_iter().map(|e| Write::RemoveRetry(e.job, e.rcpt)).collect())?;
+                continue;
+            };
+            let plan = match plans.get(&job_id) {
+                Some(p) => p.clone(),
+                None => match self.plan(&job)? {
+                    Some(p) => {
+                        let p = Arc::new(p);
+                        plans.insert(job_id, p.clone());
+                        p
+                    }
+                    None => continue,
+                },
+            };
+            for chunk in entries.chunks(self.settings.batch.max(1)) {
+                let mut rcpts = Vec::new();
+                for e in chunk {
+                    let (tok, v) = match &job.what {
+                        JobKind::Post { .. } | JobKind::Digest { .. } => match self.store.member(job.list, &e.rcpt)? {
+                            Some(m) => {
+                                let v = usize::from(m.delivery == Delivery::PlainDigest).min(plan.prepared.len() - 1);
+                                (Some(m.unsub_token), v)
+                            }
+                            None => {
+                                // Left the list meanwhile: nothing more to send.
+                                self.store.apply(vec![Write::RemoveRetry(e.job, e.rcpt.clone())])?;
+                                continue;
+                            }
+                        },
+                        _ => (None, 0),
+                    };
+                    rcpts.push((e.rcpt.clone(), tok, v));
+                }
+                let prior: HashMap<MemberAddress, RetryEntry> = chunk.iter().map(|e| (e.rcpt.clone(), e.clone())).collect();
+                let copies = self.build(&plan, rcpts).await?;
+                total += copies.len();
+                let results = self.send_all(copies).await;
+                let (mut writes, delivered) = self.outcome_writes(&job, &plan.list, results, &prior)?;
+                if delivered > 0 {
+                    if let Some(mut j) = self.store.job(job_id)? {
+                        j.delivered += delivered;
+                        writes.push(Write::PutJob(j));
+                    }
+                }
+                self.store.apply(writes)?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// One pass over the queue. Returns how many copies were handed to the relay.
+    async fn step(self: &Arc<Self>, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<usize, FanoutError> {
+        let mut n = 0;
+        for job in self.store.jobs()? {
+            n += self.step_job(job, plans).await?;
+        }
+        n += self.step_retries(plans).await?;
+        Ok(n)
+    }
+
+    /// Run until `stop` turns true.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let wake = self.store.work_notify();
+        let mut plans = HashMap::new();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let busy = match self.step(&mut plans).await {
+                Ok(n) => n > 0 || self.store.jobs().map(|j| j.iter().any(|j| !j.walked)).unwrap_or(false),
+                Err(FanoutError::Store(e)) if self.store.has_failed() => {
+                    tracing::error!(error = %e, "fan-out stops: the store failed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "fan-out step failed; retrying");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}

@@ -7,15 +7,16 @@
 //! Content-Security-Policy; templates are autoescaped, and message bodies are shown as text.
 
 mod error;
+mod membership;
 mod pages;
 mod templates;
-mod urls;
+use plenary_core::urls;
 
 pub use error::WebError;
 pub use templates::Templates;
 
 use axum::http::{header, HeaderValue};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use plenary_index::SearchIndex;
 use plenary_store::Store;
@@ -47,6 +48,7 @@ impl Default for WebSettings {
 
 /// Shared state of the web layer.
 pub struct AppState {
+    pub engine: plenary_list::Engine,
     pub store: Store,
     pub search: SearchIndex,
     pub templates: Templates,
@@ -66,6 +68,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/search", get(pages::search))
         .route("/lists/{list}", get(pages::list_redirect))
         .route("/lists/{list}/", get(pages::list))
+        .route("/lists/{list}/subscribe", post(membership::subscribe))
+        .route("/lists/{list}/unsubscribe", post(membership::unsubscribe))
+        .route("/confirm/{token}", get(membership::confirm_page).post(membership::confirm_post))
+        .route("/u/{token}", get(membership::one_click_page).post(membership::one_click_post))
         .route("/lists/{list}/{year}/{month}/", get(pages::month))
         .route("/lists/{list}/m/{mid}/", get(pages::message))
         .route("/lists/{list}/m/{mid}/raw", get(pages::raw))

@@ -81,7 +81,7 @@ fn crumbs(list: Option<&ListRecord>, last: Option<&str>) -> Vec<Crumb> {
 }
 
 impl AppState {
-    fn page(&self, name: &str, mut ctx: serde_json::Value) -> Result<Response, WebError> {
+    pub(crate) fn page(&self, name: &str, mut ctx: serde_json::Value) -> Result<Response, WebError> {
         if let Some(m) = ctx.as_object_mut() {
             m.insert("site_name".into(), self.settings.site_name.clone().into());
         }
@@ -91,7 +91,7 @@ impl AppState {
         Ok(Html(html).into_response())
     }
 
-    fn list_record(&self, address: &str) -> Result<ListRecord, WebError> {
+    pub(crate) fn list_record(&self, address: &str) -> Result<ListRecord, WebError> {
         self.store.list(address)?.ok_or(WebError::NotFound)
     }
 
@@ -238,7 +238,7 @@ fn recent_threads(st: &AppState, list: &ListRecord, max_threads: usize) -> Resul
     Ok(out)
 }
 
-pub async fn list(State(st): St, Path(address): Path<String>) -> Result<Response, WebError> {
+pub async fn list(State(st): St, Path(address): Path<String>, headers: axum::http::HeaderMap) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
     let threads = recent_threads(&st, &list, 30)?;
     #[derive(Serialize)]
@@ -258,10 +258,15 @@ pub async fn list(State(st): St, Path(address): Path<String>) -> Result<Response
         })
         .collect();
     let view = ListView::of(&list, 0);
-    st.page(
+    let (csrf, cookie) = crate::membership::csrf_token(&headers, &st.settings.base_url);
+    let subscription = serde_json::to_value(list.settings.subscription).unwrap_or_default();
+    let mut res = st.page(
         "list.html",
-        ctx! { list => view, threads, months, scope_list => list.address.as_str(), breadcrumbs => crumbs(Some(&list), None) },
-    )
+        ctx! { list => view, threads, months, scope_list => list.address.as_str(), breadcrumbs => crumbs(Some(&list), None),
+               csrf, subscription, owner_address => list.address.sub("owner") },
+    )?;
+    crate::membership::set_cookie(&mut res, cookie);
+    Ok(res)
 }
 
 pub async fn month(

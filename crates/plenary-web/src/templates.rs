@@ -4,7 +4,7 @@
 use minijinja::Environment;
 use std::path::Path;
 
-const BUILTIN: [(&str, &str); 8] = [
+const BUILTIN: [(&str, &str); 9] = [
     ("base.html", include_str!("../../../archive-templates/base.html")),
     ("index.html", include_str!("../../../archive-templates/index.html")),
     ("list.html", include_str!("../../../archive-templates/list.html")),
@@ -13,6 +13,7 @@ const BUILTIN: [(&str, &str); 8] = [
     ("thread.html", include_str!("../../../archive-templates/thread.html")),
     ("search.html", include_str!("../../../archive-templates/search.html")),
     ("error.html", include_str!("../../../archive-templates/error.html")),
+    ("confirm.html", include_str!("../../../archive-templates/confirm.html")),
 ];
 const BUILTIN_CSS: &str = include_str!("../../../archive-templates/style.css");
 

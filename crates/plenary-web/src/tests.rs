@@ -47,6 +47,7 @@ async fn app() -> (tempfile::TempDir, Router) {
     ix.step().expect("index");
     search.reload().expect("reload");
     let state = Arc::new(AppState {
+        engine: plenary_list::Engine::new(store.clone(), Default::default()),
         store,
         search,
         templates: Templates::load(None).expect("templates"),

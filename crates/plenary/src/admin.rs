@@ -11,7 +11,9 @@
 
 use crate::config::Config;
 use crate::import::{self, ImportLimits};
-use plenary_core::ListAddress;
+use plenary_core::list::Delivery;
+use plenary_core::{ListAddress, MemberAddress};
+use plenary_list::{Engine, ModAction};
 use plenary_store::Store;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -34,6 +36,47 @@ pub enum Request {
         paths: Vec<PathBuf>,
     },
     IndexRebuild,
+    ListSet {
+        address: String,
+        settings: Vec<(String, String)>,
+    },
+    ListShow {
+        address: String,
+    },
+    MemberAdd {
+        list: String,
+        /// CSV: address[,name[,delivery]] per line.
+        csv: String,
+        welcome: bool,
+    },
+    MemberRm {
+        list: String,
+        addresses: Vec<String>,
+    },
+    MemberLs {
+        list: String,
+    },
+    MemberSet {
+        list: String,
+        address: String,
+        key: String,
+        value: String,
+    },
+    ModLs {
+        list: Option<String>,
+    },
+    Moderate {
+        id: u64,
+        action: String,
+        reason: String,
+    },
+    ModLog {
+        list: Option<String>,
+    },
+    DigestSend {
+        list: String,
+    },
+    Queue,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,15 +93,224 @@ pub enum Mode {
     Offline { index_dir: PathBuf },
 }
 
+fn list_id(store: &Store, list: &str) -> Result<plenary_store::ListRecord, String> {
+    store
+        .list(list)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no list {list}"))
+}
+
+/// CSV field quoting for `member ls` (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Split one CSV line (RFC 4180 quoting).
+fn csv_split(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+/// Parse `member add` CSV: address[,name[,delivery]]; a header line and `#` comments are
+/// skipped. Every bad line is reported, nothing is added when one is bad.
+fn parse_member_csv(csv: &str) -> Result<Vec<(MemberAddress, String, Delivery)>, String> {
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in csv.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (i == 0 && line.to_ascii_lowercase().starts_with("address")) {
+            continue;
+        }
+        let f = csv_split(line);
+        let addr = match MemberAddress::parse(&f[0]) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!("line {}: {:?}: {e}", i + 1, f[0]));
+                continue;
+            }
+        };
+        let name = f.get(1).cloned().unwrap_or_default();
+        let delivery = match Delivery::parse(f.get(2).map(String::as_str).unwrap_or("")) {
+            Some(d) => d,
+            None => {
+                errors.push(format!("line {}: delivery must be each, digest, plain or none", i + 1));
+                continue;
+            }
+        };
+        rows.push((addr, name, delivery));
+    }
+    if errors.is_empty() {
+        Ok(rows)
+    } else {
+        Err(format!("nothing added; fix these lines:\n{}", errors.join("\n")))
+    }
+}
+
 /// Run one request against an open store.
 pub async fn execute(
-    store: &Store,
+    engine: &Engine,
     config: &Config,
     mode: &Mode,
     req: Request,
     progress: mpsc::UnboundedSender<String>,
 ) -> Result<String, String> {
+    let store = engine.store();
+    let e2s = |e: plenary_list::EngineError| e.to_string();
     match req {
+        Request::ListSet { address, settings } => {
+            let rec = list_id(store, &address)?;
+            let mut s = rec.settings.clone();
+            for (k, v) in &settings {
+                s.set(k, v)?;
+            }
+            store.set_list_settings(rec.address.as_str(), s).map_err(|e| e.to_string())?;
+            Ok(format!("{}: {} setting(s) changed", rec.address, settings.len()))
+        }
+        Request::ListShow { address } => {
+            let rec = list_id(store, &address)?;
+            let mut out = format!(
+                "{}\nname: {}\nmembers: {}\nheld posts: {}\n",
+                rec.address,
+                rec.name,
+                store.member_count(rec.id),
+                store.held(Some(rec.id)).map_err(|e| e.to_string())?.len()
+            );
+            let v = serde_json::to_value(&rec.settings).map_err(|e| e.to_string())?;
+            if let Some(o) = v.as_object() {
+                for (k, v) in o {
+                    out.push_str(&format!("{k}: {v}\n"));
+                }
+            }
+            Ok(out.trim_end().to_string())
+        }
+        Request::MemberAdd { list, csv, welcome } => {
+            let rows = parse_member_csv(&csv)?;
+            let (added, existing) = engine.add_members(&list, rows, welcome).map_err(e2s)?;
+            Ok(format!("{added} added, {existing} already members"))
+        }
+        Request::MemberRm { list, addresses } => {
+            let addrs = addresses
+                .iter()
+                .map(|a| MemberAddress::parse(a).map_err(|e| format!("{a:?}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (removed, missing) = engine.remove_members(&list, addrs).map_err(e2s)?;
+            Ok(format!("{removed} removed, {missing} were not members"))
+        }
+        Request::MemberLs { list } => {
+            let rec = list_id(store, &list)?;
+            let mut out = String::from("address,name,delivery,joined_at,joined_via,moderated,bounce_score,disabled\n");
+            let mut cursor: Option<String> = None;
+            loop {
+                let batch = store
+                    .members_after(rec.id, cursor.as_deref(), 5000)
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = batch.last() else { break };
+                cursor = Some(last.address.to_string());
+                for m in &batch {
+                    out.push_str(&format!(
+                        "{},{},{},{},{},{},{}.{},{}\n",
+                        m.address,
+                        csv_field(&m.name),
+                        m.delivery.name(),
+                        chrono::DateTime::from_timestamp(m.joined_at, 0).unwrap_or_default().to_rfc3339(),
+                        serde_json::to_value(m.joined_via).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                        m.moderated,
+                        m.bounce_score / 10,
+                        m.bounce_score % 10,
+                        csv_field(m.disabled.as_deref().unwrap_or("")),
+                    ));
+                }
+            }
+            Ok(out.trim_end().to_string())
+        }
+        Request::MemberSet { list, address, key, value } => {
+            let m = engine.set_member_option(&list, &address, &key, &value).map_err(e2s)?;
+            Ok(format!("{}: {key} = {value}", m.address))
+        }
+        Request::ModLs { list } => {
+            let id = match list {
+                Some(l) => Some(list_id(store, &l)?.id),
+                None => None,
+            };
+            let mut out = String::new();
+            for h in store.held(id).map_err(|e| e.to_string())? {
+                let l = store.list_by_id(h.list).map_err(|e| e.to_string())?;
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    h.id,
+                    l.map(|l| l.address.to_string()).unwrap_or_default(),
+                    h.meta.from_addr.as_deref().unwrap_or(&h.envelope_from),
+                    h.meta.subject,
+                    h.reason
+                ));
+            }
+            if out.is_empty() {
+                out.push_str("no held posts");
+            }
+            Ok(out.trim_end().to_string())
+        }
+        Request::Moderate { id, action, reason } => {
+            let a = match action.as_str() {
+                "approve" => ModAction::Approve,
+                "reject" => ModAction::Reject(reason),
+                "discard" => ModAction::Discard,
+                other => return Err(format!("unknown moderation action {other:?}")),
+            };
+            engine.moderate(id, a, "cli").await.map_err(e2s)
+        }
+        Request::ModLog { list } => {
+            let id = match list {
+                Some(l) => Some(list_id(store, &l)?.id),
+                None => None,
+            };
+            let mut out = String::new();
+            for e in store.log(id).map_err(|e| e.to_string())? {
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    chrono::DateTime::from_timestamp(e.at, 0).unwrap_or_default().to_rfc3339(),
+                    e.actor,
+                    e.action,
+                    e.subject,
+                    e.reason
+                ));
+            }
+            Ok(out.trim_end().to_string())
+        }
+        Request::DigestSend { list } => {
+            let rec = list_id(store, &list)?;
+            let n = engine.make_digests(Some(rec.id)).map_err(e2s)?;
+            Ok(if n > 0 { "digest queued".into() } else { "no posts wait for a digest".into() })
+        }
+        Request::Queue => {
+            let jobs = store.jobs().map_err(|e| e.to_string())?;
+            let retries = store.retries().map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{} jobs ({} walking), {} deliveries waiting to retry, {} inbox",
+                jobs.len(),
+                jobs.iter().filter(|j| !j.walked).count(),
+                retries.len(),
+                store.inbox_len()
+            ))
+        }
         Request::ListCreate {
             address,
             name,
@@ -145,7 +397,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serve the admin socket until the task is dropped.
-pub async fn serve(listener: UnixListener, store: Store, config: Config) -> std::io::Result<()> {
+pub async fn serve(listener: UnixListener, store: Engine, config: Config) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let store = store.clone();
@@ -164,7 +416,7 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), line: &Line) -> std::io::Res
     w.write_all(s.as_bytes()).await
 }
 
-async fn handle(stream: UnixStream, store: Store, config: Config) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, store: Engine, config: Config) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(1 << 20)).lines();
     let Some(first) = lines.next_line().await? else {

@@ -10,6 +10,8 @@ use plenary_core::MimeLimits;
 use plenary_index::{IndexerSettings, QueryLimits};
 use plenary_smtp::SmtpSettings;
 use plenary_store::StoreSettings;
+use plenary_fanout::{FanoutSettings, RelayTls};
+use plenary_list::EngineSettings;
 use plenary_web::WebSettings;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -53,9 +55,37 @@ pub const KEYS: &[&str] = &[
     "search.max_page_size",
     "search.max_offset",
     "search.commit_delay_ms",
+    "relay.host",
+    "relay.port",
+    "relay.tls",
+    "relay.username",
+    "relay.password",
+    "fanout.concurrency",
+    "fanout.batch",
+    "fanout.max_per_second",
+    "fanout.retry_initial_secs",
+    "fanout.retry_max_secs",
+    "fanout.give_up_hours",
+    "dkim.selector",
+    "dkim.rsa_key",
+    "dkim.ed25519_key",
+    "dkim.domain",
+    "list.token_ttl_hours",
+    "list.confirm_per_address",
+    "list.confirm_per_ip",
+    "list.digest_interval_hours",
     "admin.socket",
     "log.level",
 ];
+
+/// Where the DKIM keys are; loaded when the daemon starts.
+#[derive(Clone, Debug, Default)]
+pub struct DkimConfig {
+    pub selector: String,
+    pub rsa_key: Option<PathBuf>,
+    pub ed25519_key: Option<PathBuf>,
+    pub domain: Option<String>,
+}
 
 /// Validated settings for every component.
 #[derive(Clone)]
@@ -71,6 +101,9 @@ pub struct Config {
     pub indexer: IndexerSettings,
     pub admin_socket: PathBuf,
     pub log_level: String,
+    pub fanout: FanoutSettings,
+    pub engine: EngineSettings,
+    pub dkim: DkimConfig,
 }
 
 struct Reader<'a> {
@@ -247,6 +280,50 @@ impl Config {
             commit_delay: Duration::from_millis(r.int("search.commit_delay_ms", 800, 0, 60_000)),
             ..IndexerSettings::default()
         };
+        let relay_tls = match r.string("relay.tls", "none").as_str() {
+            "none" => RelayTls::None,
+            "starttls" => RelayTls::StartTls,
+            "tls" => RelayTls::Tls,
+            other => {
+                r.errors
+                    .push(format!("relay.tls: {other:?} is not one of none, starttls, tls"));
+                RelayTls::None
+            }
+        };
+        let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+        let fanout = FanoutSettings {
+            relay_host: r.string("relay.host", "127.0.0.1"),
+            relay_port: r.int("relay.port", 25, 1, 65_535) as u16,
+            tls: relay_tls,
+            username: nonempty(r.string("relay.username", "")),
+            password: nonempty(r.string("relay.password", "")),
+            concurrency: r.int("fanout.concurrency", 16, 1, 1000) as usize,
+            batch: r.int("fanout.batch", 500, 1, 100_000) as usize,
+            max_per_second: r.int("fanout.max_per_second", 0, 0, 1_000_000) as u32,
+            retry_initial: secs(r.int("fanout.retry_initial_secs", 60, 1, 86_400)),
+            retry_max: secs(r.int("fanout.retry_max_secs", 3600, 1, 7 * 86_400)),
+            give_up: secs(r.int("fanout.give_up_hours", 120, 0, 24 * 60) * 3600),
+            base_url: web.base_url.clone(),
+            timeout: secs(60),
+        };
+        let dkim = DkimConfig {
+            selector: r.string("dkim.selector", "plenary"),
+            rsa_key: nonempty(r.string("dkim.rsa_key", "")).map(rel),
+            ed25519_key: nonempty(r.string("dkim.ed25519_key", "")).map(rel),
+            domain: nonempty(r.string("dkim.domain", "")),
+        };
+        for key in [&dkim.rsa_key, &dkim.ed25519_key].into_iter().flatten() {
+            if let Err(e) = plenary_fanout::dkim::DkimKey::load(key, &dkim.selector, None) {
+                r.errors.push(format!("dkim: {e}"));
+            }
+        }
+        let engine = EngineSettings {
+            base_url: web.base_url.clone(),
+            token_ttl: secs(r.int("list.token_ttl_hours", 72, 1, 24 * 60) * 3600),
+            confirm_per_address: r.int("list.confirm_per_address", 3, 1, 1000) as usize,
+            confirm_per_ip: r.int("list.confirm_per_ip", 10, 1, 100_000) as usize,
+            digest_interval: secs(r.int("list.digest_interval_hours", 24, 1, 24 * 31) * 3600),
+        };
         let admin_socket = Some(r.string("admin.socket", ""))
             .filter(|s| !s.is_empty())
             .map(rel)
@@ -298,6 +375,9 @@ impl Config {
             indexer,
             admin_socket,
             log_level,
+            fanout,
+            engine,
+            dkim,
         })
     }
 }

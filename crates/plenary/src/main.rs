@@ -56,6 +56,75 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Manage a list's members (CSV in and out).
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
+    /// The moderation queue.
+    Moderate {
+        #[command(subcommand)]
+        cmd: ModCmd,
+    },
+    /// Send a list's pending digest now.
+    Digest {
+        #[command(subcommand)]
+        cmd: DigestCmd,
+    },
+    /// Show the outbound queue.
+    Queue,
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add members from CSV lines `address[,name[,delivery]]` (FILE, or - for stdin).
+    Add {
+        list: String,
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Send each new member the welcome message.
+        #[arg(long)]
+        welcome: bool,
+    },
+    /// Remove members.
+    Rm {
+        list: String,
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// List members as CSV.
+    Ls { list: String },
+    /// Set a member option: delivery (each|digest|plain|none), moderated, receive_own, enabled.
+    Set {
+        list: String,
+        address: String,
+        key: String,
+        value: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModCmd {
+    /// Held posts (all lists, or one).
+    Ls { list: Option<String> },
+    /// Approve a held post: archive and deliver it.
+    Approve { id: u64 },
+    /// Reject a held post; the reason is mailed to the author.
+    Reject {
+        id: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Discard a held post silently.
+    Discard { id: u64 },
+    /// The moderation and membership log.
+    Log { list: Option<String> },
+}
+
+#[derive(Subcommand)]
+enum DigestCmd {
+    /// Queue the digest of the posts waiting now.
+    Send { list: String },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +139,14 @@ enum ListCmd {
     },
     /// Show every list.
     Ls,
+    /// Change list settings: KEY=VALUE ... (posting, subscription, nonmember, owners, ...).
+    Set {
+        address: String,
+        #[arg(required = true)]
+        settings: Vec<String>,
+    },
+    /// Show a list's settings.
+    Show { address: String },
 }
 
 #[derive(Subcommand)]
@@ -137,7 +214,9 @@ fn admin_command(config: &Config, req: admin::Request) -> anyhow::Result<String>
         let mode = admin::Mode::Offline {
             index_dir: config.data_dir.join("index"),
         };
-        let r = admin::execute(&store, config, &mode, req, tx).await;
+        let engine = plenary_list::Engine::new(store.clone(), config.engine.clone());
+        let r = admin::execute(&engine, config, &mode, req, tx).await;
+        drop(engine);
         let _ = printer.await;
         let closed = store.close();
         let out = r.map_err(|e| anyhow::anyhow!(e))?;
@@ -176,6 +255,70 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             admin::Request::Import { list, paths }
         }
         Cmd::Index { cmd: IndexCmd::Rebuild } => admin::Request::IndexRebuild,
+        Cmd::List {
+            cmd: ListCmd::Set { address, settings },
+        } => admin::Request::ListSet {
+            address,
+            settings: settings
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("{kv:?}: settings are written KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        },
+        Cmd::List {
+            cmd: ListCmd::Show { address },
+        } => admin::Request::ListShow { address },
+        Cmd::Member { cmd } => match cmd {
+            MemberCmd::Add { list, file, welcome } => {
+                let csv = if file.as_os_str() == "-" {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("cannot read stdin")?;
+                    s
+                } else {
+                    std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+                };
+                admin::Request::MemberAdd { list, csv, welcome }
+            }
+            MemberCmd::Rm { list, addresses } => admin::Request::MemberRm { list, addresses },
+            MemberCmd::Ls { list } => admin::Request::MemberLs { list },
+            MemberCmd::Set {
+                list,
+                address,
+                key,
+                value,
+            } => admin::Request::MemberSet {
+                list,
+                address,
+                key,
+                value,
+            },
+        },
+        Cmd::Moderate { cmd } => match cmd {
+            ModCmd::Ls { list } => admin::Request::ModLs { list },
+            ModCmd::Approve { id } => admin::Request::Moderate {
+                id,
+                action: "approve".into(),
+                reason: String::new(),
+            },
+            ModCmd::Reject { id, reason } => admin::Request::Moderate {
+                id,
+                action: "reject".into(),
+                reason,
+            },
+            ModCmd::Discard { id } => admin::Request::Moderate {
+                id,
+                action: "discard".into(),
+                reason: String::new(),
+            },
+            ModCmd::Log { list } => admin::Request::ModLog { list },
+        },
+        Cmd::Digest {
+            cmd: DigestCmd::Send { list },
+        } => admin::Request::DigestSend { list },
+        Cmd::Queue => admin::Request::Queue,
     };
     let out = admin_command(&config, req)?;
     println!("{out}");

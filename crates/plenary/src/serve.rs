@@ -93,6 +93,24 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let engine = plenary_list::Engine::new(store.clone(), config.engine.clone());
+    let mut keys = Vec::new();
+    for path in [&config.dkim.rsa_key, &config.dkim.ed25519_key].into_iter().flatten() {
+        keys.push(
+            plenary_fanout::dkim::DkimKey::load(path, &config.dkim.selector, config.dkim.domain.clone())
+                .context("cannot load the DKIM key")?,
+        );
+    }
+    if keys.is_empty() {
+        tracing::warn!("no DKIM key configured: list mail goes out unsigned (set dkim.rsa_key)");
+    }
+    let worker = Arc::new(
+        plenary_fanout::Worker::new(store.clone(), engine.clone(), config.fanout.clone(), keys)
+            .context("cannot set up delivery")?,
+    );
+    let engine_task = tokio::spawn(engine.clone().run(shutdown_rx.clone()));
+    let fanout_task = tokio::spawn(worker.run(shutdown_rx.clone()));
+
     let ctx = Arc::new(Context {
         settings: config.smtp.clone(),
         store: store.clone(),
@@ -116,6 +134,7 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let web_addr = web.local_addr()?;
     let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let state = Arc::new(AppState {
+        engine: engine.clone(),
         store: store.clone(),
         search: search.clone(),
         templates,
@@ -136,14 +155,17 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             let graceful = async move {
                 let _ = rx.wait_for(|v| *v).await;
             };
-            if let Err(e) = axum::serve(web, app).with_graceful_shutdown(graceful).await {
+            if let Err(e) = axum::serve(web, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(graceful)
+                .await
+            {
                 tracing::error!(error = %e, "web server failed");
             }
         });
     }
     let admin = admin::bind(&config.admin_socket)
         .with_context(|| format!("cannot create the admin socket {}", config.admin_socket.display()))?;
-    let admin_task = tokio::spawn(admin::serve(admin, store.clone(), config.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin, engine.clone(), config.clone()));
     {
         let store = store.clone();
         tokio::spawn(async move {
@@ -172,6 +194,8 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    let _ = engine_task.await;
+    let _ = fanout_task.await;
     admin_task.abort();
     stop_indexer.store(true, Ordering::SeqCst);
     store.index_notify().notify_one();

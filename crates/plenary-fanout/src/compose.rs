@@ -1,0 +1,360 @@
+//! Turning a stored message into list mail: CRLF normalisation, list headers (RFC 2369,
+//! 2919, 5064, 8058), subject prefix, footer and DMARC From munging, done once per post;
+//! then, per recipient, only the one-click `List-Unsubscribe` and the DKIM signature.
+//!
+//! Message-ID, In-Reply-To and References are never touched.
+
+use crate::dkim::{self, DkimKey};
+use plenary_core::list::{DmarcMode, PostingPolicy};
+use plenary_core::{urls, MemberAddress};
+use plenary_list::notice::{body_text, display_name, header_text};
+use plenary_store::ListRecord;
+
+/// Headers a list replaces: whatever an earlier list (or a sender) put there is dropped.
+const REPLACED: &[&str] = &[
+    "list-id",
+    "list-help",
+    "list-subscribe",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-post",
+    "list-owner",
+    "list-archive",
+    "archived-at",
+    "x-loop",
+    "precedence",
+    "return-path",
+];
+
+/// Headers covered by our DKIM signature, in this order when present.
+const SIGNED: &[&str] = &[
+    "from",
+    "sender",
+    "reply-to",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "list-id",
+    "list-help",
+    "list-subscribe",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-post",
+    "list-owner",
+    "list-archive",
+    "archived-at",
+];
+
+/// Signed once more than present, so they cannot be added after signing.
+const OVERSIGNED: &[&str] = &["from", "subject", "list-id", "list-unsubscribe", "list-unsubscribe-post", "list-post"];
+
+/// What to do to a message before it goes out.
+#[derive(Debug, Clone, Default)]
+pub struct Transform {
+    /// The public archive permalink (`Archived-At`).
+    pub archived_at: Option<String>,
+    /// Apply the list's subject prefix, footer and DMARC setting (posts only).
+    pub list_changes: bool,
+    /// Add the list headers (posts and digests; not owner forwards).
+    pub list_headers: bool,
+}
+
+/// A message prepared for a list: everything but the per-recipient parts.
+pub struct Prepared {
+    /// (name, raw value without the final CRLF), in output order.
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    bh: String,
+    domain: String,
+    list_leave: String,
+    base_url: String,
+    one_click: bool,
+}
+
+/// Split a CRLF message into header fields and body.
+fn split(raw: &[u8]) -> (Vec<(String, Vec<u8>)>, &[u8]) {
+    let (head, body) = match memchr::memmem::find(raw, b"\r\n\r\n") {
+        Some(i) => (&raw[..i + 2], &raw[i + 4..]),
+        None => (raw, &b""[..]),
+    };
+    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some(last) = fields.last_mut() {
+                last.1.extend_from_slice(b"\r\n");
+                last.1.extend_from_slice(line);
+            }
+            continue;
+        }
+        match memchr::memchr(b':', line) {
+            Some(i) => fields.push((
+                String::from_utf8_lossy(&line[..i]).trim().to_string(),
+                line[i + 1..].to_vec(),
+            )),
+            None => continue, // not a header field: dropped rather than passed on
+        }
+    }
+    (fields, body)
+}
+
+fn get<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+fn author_domain(from: &[u8]) -> Option<String> {
+    let s = String::from_utf8_lossy(from).to_ascii_lowercase();
+    let at = s.rfind('@')?;
+    let d: String = s[at + 1..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+        .collect();
+    (!d.is_empty()).then_some(d)
+}
+
+/// Prepare `raw` for `list`. `base_url` is the web archive's public base.
+pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> Prepared {
+    let raw = plenary_core::mime::crlf(raw);
+    let (fields, body) = split(&raw);
+    let mut body = body.to_vec();
+    let base = base_url.trim_end_matches('/').to_string();
+    let addr = &list.address;
+    let s = &list.settings;
+    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(fields.len() + 12);
+    if t.list_headers {
+        let name = if list.name.is_empty() { addr.local().to_string() } else { list.name.clone() };
+        let archive = format!("{base}{}", urls::list(addr.as_str()));
+        let h = |n: &str, v: String| (n.to_string(), format!(" {v}").into_bytes());
+        out.push(h("List-Id", format!("{} <{}>", display_name(&name), addr.list_id())));
+        out.push(h("List-Help", format!("<mailto:{}?subject=help>", addr.sub("request"))));
+        out.push(h("List-Subscribe", format!("<{archive}>, <mailto:{}?subject=subscribe>", addr.sub("join"))));
+        out.push(h(
+            "List-Post",
+            if s.posting == PostingPolicy::Announce {
+                "NO".to_string()
+            } else {
+                format!("<mailto:{addr}>")
+            },
+        ));
+        out.push(h("List-Owner", format!("<mailto:{}>", addr.sub("owner"))));
+        out.push(h("List-Archive", format!("<{archive}>")));
+        if let Some(a) = &t.archived_at {
+            out.push(h("Archived-At", format!("<{a}>")));
+        }
+        out.push(h("Precedence", "list".into()));
+        out.push(h("X-Loop", addr.to_string()));
+    }
+    let munge = t.list_changes
+        && match s.dmarc {
+            DmarcMode::Off => false,
+            DmarcMode::Always => true,
+            DmarcMode::Munge => get(&fields, "from")
+                .and_then(author_domain)
+                .is_some_and(|d| s.always_munge.iter().any(|m| *m == d)),
+        };
+    let has_reply_to = get(&fields, "reply-to").is_some();
+    for (name, value) in &fields {
+        let lower = name.to_ascii_lowercase();
+        if t.list_headers && REPLACED.contains(&lower.as_str()) {
+            continue;
+        }
+        if munge && lower == "from" {
+            let original = String::from_utf8_lossy(value).trim().to_string();
+            let who = original.split('<').next().unwrap_or_default().trim().trim_matches('"').to_string();
+            let who = if who.is_empty() { original.clone() } else { who };
+            out.push((
+                "From".into(),
+                format!(" {} <{addr}>", display_name(&format!("{who} via {}", addr.local()))).into_bytes(),
+            ));
+            if !has_reply_to {
+                out.push(("Reply-To".into(), value.clone()));
+            }
+            continue;
+        }
+        if t.list_changes && lower == "subject" && !s.subject_prefix.is_empty() {
+            let text = String::from_utf8_lossy(value);
+            if !text.contains(&s.subject_prefix) {
+                out.push((
+                    name.clone(),
+                    format!(" {} {}", header_text(&s.subject_prefix, 100), text.trim_start()).into_bytes(),
+                ));
+                continue;
+            }
+        }
+        out.push((name.clone(), value.clone()));
+    }
+    if t.list_changes && !s.footer.is_empty() {
+        let ctype = get(&fields, "content-type")
+            .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase())
+            .unwrap_or_default();
+        let cte = get(&fields, "content-transfer-encoding")
+            .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        if (ctype.is_empty() || ctype.trim_start().starts_with("text/plain")) && matches!(cte.as_str(), "" | "7bit" | "8bit") {
+            if !body.ends_with(b"\r\n") && !body.is_empty() {
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(b"-- \r\n");
+            body.extend_from_slice(body_text(&s.footer).as_bytes());
+        }
+    }
+    let bh = dkim::body_hash(&body);
+    Prepared {
+        headers: out,
+        body,
+        bh,
+        domain: addr.domain().to_string(),
+        list_leave: addr.sub("leave"),
+        base_url: base,
+        one_click: t.list_headers,
+    }
+}
+
+impl Prepared {
+    pub fn body_hash(&self) -> &str {
+        &self.bh
+    }
+
+    /// The copy for one recipient. `unsub_token` is the member's one-click token.
+    pub fn render(&self, keys: &[DkimKey], unsub_token: Option<&str>, now: i64) -> Result<Vec<u8>, dkim::DkimError> {
+        let mut per: Vec<(String, Vec<u8>)> = Vec::with_capacity(2);
+        if self.one_click {
+            match unsub_token {
+                Some(tok) => {
+                    per.push((
+                        "List-Unsubscribe".into(),
+                        format!(" <{}/u/{tok}>, <mailto:{}?subject=unsubscribe>", self.base_url, self.list_leave).into_bytes(),
+                    ));
+                    per.push(("List-Unsubscribe-Post".into(), b" List-Unsubscribe=One-Click".to_vec()));
+                }
+                None => per.push((
+                    "List-Unsubscribe".into(),
+                    format!(" <mailto:{}?subject=unsubscribe>", self.list_leave).into_bytes(),
+                )),
+            }
+        }
+        let all: Vec<(&str, &[u8])> = per
+            .iter()
+            .chain(self.headers.iter())
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let mut signed: Vec<&str> = Vec::with_capacity(SIGNED.len() + OVERSIGNED.len());
+        for name in SIGNED {
+            let n = all.iter().filter(|(h, _)| h.eq_ignore_ascii_case(name)).count();
+            for _ in 0..n {
+                signed.push(name);
+            }
+            if OVERSIGNED.contains(name) {
+                signed.push(name);
+            }
+        }
+        let mut out = Vec::with_capacity(self.body.len() + 4096);
+        for k in keys {
+            out.extend_from_slice(dkim::sign(k, &self.domain, &all, &signed, &self.bh, now)?.as_bytes());
+        }
+        for (n, v) in &all {
+            out.extend_from_slice(n.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        Ok(out)
+    }
+}
+
+/// The public permalink of a message.
+pub fn permalink(base_url: &str, list: &ListRecord, message_id: &str) -> String {
+    format!("{}{}", base_url.trim_end_matches('/'), urls::message(list.address.as_str(), message_id))
+}
+
+/// The envelope sender for `rcpt`: VERP, so a bounce names the member.
+pub fn envelope_from(list: &ListRecord, rcpt: &MemberAddress) -> String {
+    list.address.verp(rcpt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plenary_core::{ListAddress, ListId};
+
+    fn list() -> ListRecord {
+        ListRecord {
+            id: ListId(1),
+            address: ListAddress::parse("gov@lists.example.org").expect("valid"),
+            name: "Gov".into(),
+            description: String::new(),
+            created: 0,
+            settings: Default::default(),
+        }
+    }
+
+    #[test]
+    fn bare_lf_dot_cannot_end_the_message_early() {
+        let raw = b"From: a@x.org\nSubject: s\n\nline\n.\nMAIL FROM:<evil@x>\r\n";
+        let p = prepare(&list(), raw, "https://l.example.org", &Transform::default());
+        let out = p.render(&[], None, 0).expect("render");
+        // Every LF is part of a CRLF, so the relay client's dot-stuffing sees the "." line.
+        for (i, b) in out.iter().enumerate() {
+            if *b == b'\n' {
+                assert_eq!(out[i - 1], b'\r');
+            }
+        }
+    }
+
+    #[test]
+    fn list_headers_replace_old_ones_and_keep_ids() {
+        let raw = b"From: Ana <ana@x.org>\r\nList-Id: <evil.example.com>\r\nMessage-ID: <m1@x>\r\nReferences: <r@x>\r\nSubject: s\r\n\r\nbody\r\n";
+        let t = Transform {
+            archived_at: Some(permalink("https://l.example.org", &list(), "m1@x")),
+            list_changes: true,
+            list_headers: true,
+        };
+        let p = prepare(&list(), raw, "https://l.example.org/", &t);
+        let out = String::from_utf8(p.render(&[], Some("tok"), 0).expect("render")).expect("utf8");
+        assert!(!out.contains("evil.example.com"));
+        assert!(out.contains("List-Id: \"Gov\" <gov.lists.example.org>\r\n"));
+        assert!(out.contains("List-Unsubscribe: <https://l.example.org/u/tok>, <mailto:gov-leave@lists.example.org?subject=unsubscribe>\r\n"));
+        assert!(out.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
+        assert!(out.contains("Archived-At: <https://l.example.org/lists/gov@lists.example.org/m/m1@x/>\r\n"));
+        assert!(out.contains("Message-ID: <m1@x>\r\nReferences: <r@x>\r\n"));
+        assert!(out.contains("List-Post: <mailto:gov@lists.example.org>"));
+    }
+
+    #[test]
+    fn prefix_footer_and_munging() {
+        let mut l = list();
+        l.settings.subject_prefix = "[gov]".into();
+        l.settings.footer = "Gov list\nhttps://l.example.org".into();
+        l.settings.dmarc = DmarcMode::Munge;
+        l.settings.always_munge = vec!["yahoo.com".into()];
+        let t = Transform {
+            archived_at: None,
+            list_changes: true,
+            list_headers: true,
+        };
+        let raw = b"From: \"Bo\" <bo@yahoo.com>\r\nSubject: hello\r\n\r\nbody\r\n";
+        let out = String::from_utf8(prepare(&l, raw, "https://l", &t).render(&[], None, 0).expect("r")).expect("u");
+        assert!(out.contains("Subject: [gov] hello\r\n"), "{out}");
+        assert!(out.contains("From: \"Bo via gov\" <gov@lists.example.org>\r\n"), "{out}");
+        assert!(out.contains("Reply-To: \"Bo\" <bo@yahoo.com>\r\n"), "{out}");
+        assert!(out.ends_with("body\r\n-- \r\nGov list\r\nhttps://l.example.org\r\n"), "{out}");
+        let raw2 = b"From: cy@example.net\r\nSubject: [gov] again\r\n\r\nx\r\n";
+        let out2 = String::from_utf8(prepare(&l, raw2, "https://l", &t).render(&[], None, 0).expect("r")).expect("u");
+        assert!(out2.contains("From: cy@example.net\r\n") && out2.contains("Subject: [gov] again\r\n"), "{out2}");
+    }
+}

@@ -1,0 +1,349 @@
+//! Joining and leaving on the web, confirmation links, and RFC 8058 one-click unsubscribe.
+//!
+//! Rules: a GET never changes state (mail scanners and link previews follow links); every
+//! change is a POST. The join and leave forms carry a CSRF token that must equal the
+//! `plenary_csrf` cookie (double submit; the cookie is `SameSite=Strict` and `HttpOnly`), and
+//! cross-site POSTs are refused by `Sec-Fetch-Site` where browsers send it. The one-click
+//! endpoint is the exception RFC 8058 requires: a POST with the opaque per-member token
+//! unsubscribes at once, with no cookie or login, because mailbox providers send it.
+
+use crate::AppState;
+use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use plenary_core::list::{Delivery, JoinedVia};
+use plenary_list::{Confirmed, EngineError, Requested};
+use plenary_store::PendingAction;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+type St = State<Arc<AppState>>;
+
+const COOKIE: &str = "plenary_csrf";
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| plenary_list::token::plausible(v))
+}
+
+/// The CSRF token for a form, and the cookie to set when the browser has none yet.
+pub(crate) fn csrf_token(headers: &HeaderMap, base_url: &str) -> (String, Option<String>) {
+    match cookie_value(headers) {
+        Some(v) => (v, None),
+        None => {
+            let v = plenary_list::token::new_token();
+            let secure = if base_url.starts_with("https://") { "; Secure" } else { "" };
+            let c = format!("{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age=86400{secure}");
+            (v, Some(c))
+        }
+    }
+}
+
+pub(crate) fn set_cookie(res: &mut Response, cookie: Option<String>) {
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        res.headers_mut().insert(header::SET_COOKIE, c);
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    }
+}
+
+fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "cross-site");
+    !cross_site && cookie_value(headers).is_some_and(|c| !form_token.is_empty() && c == form_token)
+}
+
+/// A simple result page.
+struct Page<'a> {
+    status: StatusCode,
+    title: &'a str,
+    paragraphs: Vec<String>,
+    action: Option<String>,
+    button: &'a str,
+    csrf: Option<String>,
+    one_click: bool,
+    back: Option<String>,
+}
+
+impl Page<'_> {
+    fn render(self, st: &AppState, cookie: Option<String>) -> Response {
+        let ctx = serde_json::json!({
+            "title": self.title,
+            "paragraphs": self.paragraphs,
+            "action": self.action,
+            "button": self.button,
+            "csrf": self.csrf,
+            "one_click": self.one_click,
+            "back": self.back,
+        });
+        match st.page("confirm.html", ctx) {
+            Ok(mut r) => {
+                *r.status_mut() = self.status;
+                set_cookie(&mut r, cookie);
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+                r
+            }
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+fn message(status: StatusCode, title: &str, text: String, back: Option<String>) -> Page<'_> {
+    Page {
+        status,
+        title,
+        paragraphs: vec![text],
+        action: None,
+        button: "",
+        csrf: None,
+        one_click: false,
+        back,
+    }
+}
+
+fn engine_error(e: EngineError) -> (StatusCode, &'static str, String) {
+    match e {
+        EngineError::RateLimited => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            "Too many requests came from here or for this address. Please try again in an hour.".into(),
+        ),
+        EngineError::BadToken => (
+            StatusCode::NOT_FOUND,
+            "Link not valid",
+            "This link is unknown, was already used, or has expired.".into(),
+        ),
+        EngineError::Closed => (StatusCode::FORBIDDEN, "Membership is closed", e.to_string()),
+        EngineError::Invalid(m) => (StatusCode::BAD_REQUEST, "Please check the form", m),
+        EngineError::NoList(_) => (StatusCode::NOT_FOUND, "Not found", "There is no such list.".into()),
+        other => {
+            tracing::error!(error = %other, "membership request failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "Please try again later.".into(),
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct JoinForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    delivery: String,
+}
+
+fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// POST /lists/{list}/subscribe and /lists/{list}/unsubscribe.
+async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: bool) -> Response {
+    let ip = peer_ip(&req);
+    let headers = req.headers().clone();
+    let Ok(list) = st.list_record(&address) else {
+        return crate::WebError::NotFound.into_response();
+    };
+    let back = Some(crate::urls::list(list.address.as_str()));
+    let f = match Form::<JoinForm>::from_request(req, &()).await {
+        Ok(Form(f)) => f,
+        Err(_) => {
+            return message(StatusCode::BAD_REQUEST, "Please check the form", "The form could not be read.".into(), back)
+                .render(&st, None)
+        }
+    };
+    if !csrf_ok(&headers, &f.csrf) {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            "The form expired or did not come from this site. Go back, reload the page and send it again.".into(),
+            back,
+        )
+        .render(&st, None);
+    }
+    let r = if join {
+        let delivery = Delivery::parse(&f.delivery).unwrap_or(Delivery::Each);
+        st.engine
+            .request_subscribe(list.address.as_str(), &f.email, &f.name, delivery, JoinedVia::Web, ip)
+    } else {
+        st.engine.request_unsubscribe(list.address.as_str(), &f.email, ip)
+    };
+    match r {
+        // The same answer whether or not the address is a member: the form does not reveal
+        // who is on the list.
+        Ok(Requested::ConfirmationSent) | Ok(Requested::NothingToDo) => message(
+            StatusCode::OK,
+            "Check your mailbox",
+            format!(
+                "If the address can be {}, a message with a confirmation link is on its way to it. Open the link, or reply to the message, to finish.",
+                if join { "subscribed" } else { "unsubscribed" }
+            ),
+            back,
+        )
+        .render(&st, None),
+        Err(e) => {
+            let (status, title, text) = engine_error(e);
+            message(status, title, text, back).render(&st, None)
+        }
+    }
+}
+
+pub async fn subscribe(State(st): St, Path(address): Path<String>, req: Request) -> Response {
+    join_or_leave(st, address, req, true).await
+}
+
+pub async fn unsubscribe(State(st): St, Path(address): Path<String>, req: Request) -> Response {
+    join_or_leave(st, address, req, false).await
+}
+
+/// GET /confirm/{token}: says what the token would do, and offers the button.
+pub async fn confirm_page(State(st): St, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let (list, action) = match st.engine.describe_token(&token) {
+        Ok(v) => v,
+        Err(e) => {
+            let (status, title, text) = engine_error(e);
+            return message(status, title, text, None).render(&st, None);
+        }
+    };
+    let (text, button) = match &action {
+        PendingAction::Subscribe { address, .. } => (
+            format!("Subscribe {address} to {}?", list.address),
+            "Confirm subscription",
+        ),
+        PendingAction::ApproveSubscription { address, .. } => (
+            format!("Approve the subscription of {address} to {}?", list.address),
+            "Approve",
+        ),
+        PendingAction::Unsubscribe { address, .. } => (
+            format!("Unsubscribe {address} from {}?", list.address),
+            "Confirm unsubscription",
+        ),
+        PendingAction::Moderate { .. } => {
+            return message(
+                StatusCode::OK,
+                "Moderation",
+                "Held posts are moderated by replying to the notice or with `plenary moderate`.".into(),
+                None,
+            )
+            .render(&st, None)
+        }
+    };
+    let (csrf, cookie) = csrf_token(&headers, &st.settings.base_url);
+    Page {
+        status: StatusCode::OK,
+        title: "Please confirm",
+        paragraphs: vec![text],
+        action: Some(format!("/confirm/{token}")),
+        button,
+        csrf: Some(csrf),
+        one_click: false,
+        back: Some(crate::urls::list(list.address.as_str())),
+    }
+    .render(&st, cookie)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// POST /confirm/{token}.
+pub async fn confirm_post(State(st): St, Path(token): Path<String>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let f = Form::<CsrfForm>::from_request(req, &())
+        .await
+        .map(|Form(f)| f)
+        .unwrap_or(CsrfForm { csrf: String::new() });
+    if !csrf_ok(&headers, &f.csrf) {
+        return message(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            "Open the link from the message again and press the button.".into(),
+            None,
+        )
+        .render(&st, None);
+    }
+    match st.engine.confirm(&token, None, "").await {
+        Ok(Confirmed::Subscribed(a)) => message(
+            StatusCode::OK,
+            "Subscribed",
+            format!("{a} is now a member. Welcome!"),
+            None,
+        ),
+        Ok(Confirmed::AwaitingApproval(a)) => message(
+            StatusCode::OK,
+            "Thank you",
+            format!("{a} is confirmed; the list's owners will now review the request."),
+            None,
+        ),
+        Ok(Confirmed::Unsubscribed(a)) => message(
+            StatusCode::OK,
+            "Unsubscribed",
+            format!("{a} has left the list."),
+            None,
+        ),
+        Ok(Confirmed::Moderated(_)) => message(StatusCode::OK, "Done", "Done.".into(), None),
+        Err(e) => {
+            let (status, title, text) = engine_error(e);
+            message(status, title, text, None)
+        }
+    }
+    .render(&st, None)
+}
+
+/// GET /u/{token}: the one-click link opened in a browser; asks, changes nothing.
+pub async fn one_click_page(State(st): St, Path(token): Path<String>) -> Response {
+    match st.engine.one_click_member(&token) {
+        Ok((list, addr)) => Page {
+            status: StatusCode::OK,
+            title: "Unsubscribe",
+            paragraphs: vec![format!("Unsubscribe {addr} from {}?", list.address)],
+            action: Some(format!("/u/{token}")),
+            button: "Unsubscribe",
+            csrf: None,
+            one_click: true,
+            back: Some(crate::urls::list(list.address.as_str())),
+        }
+        .render(&st, None),
+        Err(e) => {
+            let (status, title, text) = engine_error(e);
+            message(status, title, text, None).render(&st, None)
+        }
+    }
+}
+
+/// POST /u/{token}: RFC 8058 one-click unsubscribe.
+pub async fn one_click_post(State(st): St, Path(token): Path<String>) -> Response {
+    match st.engine.one_click_unsubscribe(&token) {
+        Ok((list, addr)) => message(
+            StatusCode::OK,
+            "Unsubscribed",
+            format!("{addr} has left {}.", list.address),
+            Some(crate::urls::list(list.address.as_str())),
+        )
+        .render(&st, None),
+        Err(e) => {
+            let (status, title, text) = engine_error(e);
+            message(status, title, text, None).render(&st, None)
+        }
+    }
+}
