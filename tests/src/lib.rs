@@ -195,7 +195,8 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot run plenary: {e}"))
     }
 
-    /// Create a list through the CLI (works whether or not the daemon runs).
+    /// Create a list through the CLI (works whether or not the daemon runs). Posting is
+    /// open, so archive tests need no members; list-engine tests set their own policy.
     pub fn create_list(&self, address: &str) {
         let out = self.cli(&["list", "create", address, "--name", "Test list"]);
         assert!(
@@ -203,6 +204,43 @@ impl Daemon {
             "list create failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        self.cli_ok(&["list", "set", address, "posting=open"]);
+    }
+
+    /// Run the CLI, assert success, return stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "plenary {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run the CLI with `input` on stdin.
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> String {
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run plenary: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().unwrap_or_else(|e| panic!("plenary: {e}"));
+        assert!(
+            out.status.success(),
+            "plenary {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -291,6 +329,49 @@ pub fn http_get_full(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, head.to_string(), body.to_string())
+}
+
+/// A form POST (application/x-www-form-urlencoded); `extra` are whole header lines.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str, extra: &[&str]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in extra {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("write: {e}"));
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap_or_else(|e| panic!("read: {e}"));
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// Send a message with a given envelope sender; returns the final reply.
+pub fn send_from(addr: SocketAddr, from: &str, to: &str, msg: &str) -> String {
+    let mut c = Smtp::open(addr);
+    assert!(c.cmd("EHLO test.example").starts_with("250"));
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    if !r.starts_with("250") {
+        return r;
+    }
+    let r = c.cmd(&format!("RCPT TO:<{to}>"));
+    if !r.starts_with("250") {
+        return r;
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(msg.as_bytes());
+    c.send(b"\r\n.\r\n");
+    let r = c.reply();
+    c.cmd("QUIT");
+    r
 }
 
 /// A raw SMTP client: exact bytes out, whole replies in.
@@ -389,4 +470,129 @@ pub fn send_raw(addr: SocketAddr, to: &str, msg: &str) -> String {
     let r = c.reply();
     c.cmd("QUIT");
     r
+}
+
+/// One transaction captured by `tests/py/relay.py`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Captured {
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    pub data: String,
+}
+
+impl Captured {
+    /// The value of the first header `name` (unfolded), if any.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next().unwrap_or_default();
+        let mut out: Option<String> = None;
+        for line in head.split("\r\n") {
+            if line.starts_with([' ', '\t']) {
+                if let Some(o) = out.as_mut() {
+                    o.push(' ');
+                    o.push_str(line.trim());
+                }
+                continue;
+            }
+            if out.is_some() {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case(name) {
+                    out = Some(v.trim().to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The capture relay (`tests/py/relay.py`), a real SMTP server in a child process.
+pub struct Relay {
+    child: Child,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Relay {
+    pub fn start(dir: &Path) -> Relay {
+        Relay::start_on(dir, 0)
+    }
+
+    /// Start on a given port (0: any), e.g. to bring a relay back where it was.
+    pub fn start_on(dir: &Path, port: u16) -> Relay {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("relay dir: {e}"));
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(workspace().join("tests/py/relay.py"))
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the capture relay: {e}"));
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("relay stdout"));
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("relay: {e}"));
+        let port = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("relay did not start: {line:?}"));
+        Relay {
+            child,
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Captured> {
+        let text = std::fs::read_to_string(self.dir.join("messages.jsonl")).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Messages to `rcpt`.
+    pub fn to(&self, rcpt: &str) -> Vec<Captured> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
+            .collect()
+    }
+
+    /// Wait until `pred` holds for the captured messages.
+    pub fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&[Captured]) -> bool) -> Vec<Captured> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let m = self.messages();
+            if pred(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; relay has {} messages", m.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Make the relay answer 451 to every recipient (true) or accept again (false).
+    pub fn refuse(&self, on: bool) {
+        let p = self.dir.join("refuse");
+        if on {
+            let _ = std::fs::write(p, "");
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

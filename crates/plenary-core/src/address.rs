@@ -141,7 +141,11 @@ impl ListAddress {
                     return Some(RecipientKind::Confirm(token.to_string()));
                 }
                 let token = rest.strip_prefix("-bounces+")?;
-                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"=._+-".contains(&b)) {
+                if token.is_empty()
+                    || !token
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"=._+-".contains(&b))
+                {
                     return None;
                 }
                 Some(RecipientKind::Bounces(token.to_string()))
@@ -196,7 +200,11 @@ pub struct MemberAddress(String);
 
 impl MemberAddress {
     pub fn parse(input: &str) -> Result<MemberAddress, AddressError> {
-        let s = input.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
+        let s = input
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_ascii_lowercase();
         if s.is_empty() {
             return Err(AddressError::Empty);
         }
@@ -368,7 +376,15 @@ mod tests {
         assert_eq!(MemberAddress::from_verp(&tok), Some(m));
         let odd = MemberAddress::parse("o'neil@example.net").expect("valid");
         assert_eq!(list().verp(&odd), "gov-bounces@lists.example.org");
-        for bad in ["a b@x.org", "a@x", "\"a\"@x.org", "a@[1.2.3.4]", "a\r\n@x.org", "@x.org", "a@@x.org"] {
+        for bad in [
+            "a b@x.org",
+            "a@x",
+            "\"a\"@x.org",
+            "a@[1.2.3.4]",
+            "a\r\n@x.org",
+            "@x.org",
+            "a@@x.org",
+        ] {
             assert!(MemberAddress::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -116,10 +116,14 @@ impl ListSettings {
     /// Set one setting from `key=value` text (the CLI's `plenary list set`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         fn pick<T: Copy>(key: &str, value: &str, options: &[(&str, T)]) -> Result<T, String> {
-            options.iter().find(|(n, _)| *n == value).map(|(_, v)| *v).ok_or_else(|| {
-                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                format!("{key}: {value:?} is not one of {}", names.join(", "))
-            })
+            options
+                .iter()
+                .find(|(n, _)| *n == value)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                    format!("{key}: {value:?} is not one of {}", names.join(", "))
+                })
         }
         fn addresses(key: &str, value: &str) -> Result<Vec<MemberAddress>, String> {
             value
@@ -310,7 +314,9 @@ pub enum Sender {
     /// An owner or moderator.
     Moderator,
     /// A member; `moderated` when their moderation flag is set.
-    Member { moderated: bool },
+    Member {
+        moderated: bool,
+    },
     NonMember,
 }
 
@@ -337,7 +343,9 @@ pub fn decide(settings: &ListSettings, sender: Sender) -> PostDecision {
     };
     match (settings.posting, sender) {
         (_, Sender::Moderator) => PostDecision::Distribute,
-        (PostingPolicy::Announce, _) => nonmember("only the list's owners and moderators may post to this announce list"),
+        (PostingPolicy::Announce, _) => {
+            nonmember("only the list's owners and moderators may post to this announce list")
+        }
         (_, Sender::Member { moderated: true }) => PostDecision::Hold("the author's posts are moderated".into()),
         (PostingPolicy::Moderated, _) => PostDecision::Hold("every post to this list is moderated".into()),
         (PostingPolicy::Open, _) => PostDecision::Distribute,
@@ -356,16 +364,48 @@ mod tests {
         let member = Sender::Member { moderated: false };
         let modded = Sender::Member { moderated: true };
         let cases: &[(PostingPolicy, NonMemberAction, Sender, fn(&PostDecision) -> bool)] = &[
-            (PostingPolicy::Open, NonMemberAction::Hold, Sender::NonMember, |d| *d == Distribute),
-            (PostingPolicy::Open, NonMemberAction::Hold, modded, |d| matches!(d, Hold(_))),
-            (PostingPolicy::MembersOnly, NonMemberAction::Hold, member, |d| *d == Distribute),
-            (PostingPolicy::MembersOnly, NonMemberAction::Hold, Sender::NonMember, |d| matches!(d, Hold(_))),
-            (PostingPolicy::MembersOnly, NonMemberAction::Reject, Sender::NonMember, |d| matches!(d, Reject(_))),
-            (PostingPolicy::MembersOnly, NonMemberAction::Discard, Sender::NonMember, |d| *d == Discard),
-            (PostingPolicy::Moderated, NonMemberAction::Discard, member, |d| matches!(d, Hold(_))),
-            (PostingPolicy::Moderated, NonMemberAction::Hold, Sender::Moderator, |d| *d == Distribute),
-            (PostingPolicy::Announce, NonMemberAction::Reject, member, |d| matches!(d, Reject(_))),
-            (PostingPolicy::Announce, NonMemberAction::Hold, Sender::Moderator, |d| *d == Distribute),
+            (PostingPolicy::Open, NonMemberAction::Hold, Sender::NonMember, |d| {
+                *d == Distribute
+            }),
+            (PostingPolicy::Open, NonMemberAction::Hold, modded, |d| {
+                matches!(d, Hold(_))
+            }),
+            (PostingPolicy::MembersOnly, NonMemberAction::Hold, member, |d| {
+                *d == Distribute
+            }),
+            (
+                PostingPolicy::MembersOnly,
+                NonMemberAction::Hold,
+                Sender::NonMember,
+                |d| matches!(d, Hold(_)),
+            ),
+            (
+                PostingPolicy::MembersOnly,
+                NonMemberAction::Reject,
+                Sender::NonMember,
+                |d| matches!(d, Reject(_)),
+            ),
+            (
+                PostingPolicy::MembersOnly,
+                NonMemberAction::Discard,
+                Sender::NonMember,
+                |d| *d == Discard,
+            ),
+            (PostingPolicy::Moderated, NonMemberAction::Discard, member, |d| {
+                matches!(d, Hold(_))
+            }),
+            (
+                PostingPolicy::Moderated,
+                NonMemberAction::Hold,
+                Sender::Moderator,
+                |d| *d == Distribute,
+            ),
+            (PostingPolicy::Announce, NonMemberAction::Reject, member, |d| {
+                matches!(d, Reject(_))
+            }),
+            (PostingPolicy::Announce, NonMemberAction::Hold, Sender::Moderator, |d| {
+                *d == Distribute
+            }),
         ];
         for (posting, nonmember, sender, ok) in cases {
             let s = ListSettings {

@@ -53,7 +53,14 @@ const SIGNED: &[&str] = &[
 ];
 
 /// Signed once more than present, so they cannot be added after signing.
-const OVERSIGNED: &[&str] = &["from", "subject", "list-id", "list-unsubscribe", "list-unsubscribe-post", "list-post"];
+const OVERSIGNED: &[&str] = &[
+    "from",
+    "subject",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "list-post",
+];
 
 /// What to do to a message before it goes out.
 #[derive(Debug, Clone, Default)]
@@ -135,12 +142,19 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
     let s = &list.settings;
     let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(fields.len() + 12);
     if t.list_headers {
-        let name = if list.name.is_empty() { addr.local().to_string() } else { list.name.clone() };
+        let name = if list.name.is_empty() {
+            addr.local().to_string()
+        } else {
+            list.name.clone()
+        };
         let archive = format!("{base}{}", urls::list(addr.as_str()));
         let h = |n: &str, v: String| (n.to_string(), format!(" {v}").into_bytes());
         out.push(h("List-Id", format!("{} <{}>", display_name(&name), addr.list_id())));
         out.push(h("List-Help", format!("<mailto:{}?subject=help>", addr.sub("request"))));
-        out.push(h("List-Subscribe", format!("<{archive}>, <mailto:{}?subject=subscribe>", addr.sub("join"))));
+        out.push(h(
+            "List-Subscribe",
+            format!("<{archive}>, <mailto:{}?subject=subscribe>", addr.sub("join")),
+        ));
         out.push(h(
             "List-Post",
             if s.posting == PostingPolicy::Announce {
@@ -173,7 +187,13 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
         }
         if munge && lower == "from" {
             let original = String::from_utf8_lossy(value).trim().to_string();
-            let who = original.split('<').next().unwrap_or_default().trim().trim_matches('"').to_string();
+            let who = original
+                .split('<')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"')
+                .to_string();
             let who = if who.is_empty() { original.clone() } else { who };
             out.push((
                 "From".into(),
@@ -203,7 +223,9 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
         let cte = get(&fields, "content-transfer-encoding")
             .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
             .unwrap_or_default();
-        if (ctype.is_empty() || ctype.trim_start().starts_with("text/plain")) && matches!(cte.as_str(), "" | "7bit" | "8bit") {
+        if (ctype.is_empty() || ctype.trim_start().starts_with("text/plain"))
+            && matches!(cte.as_str(), "" | "7bit" | "8bit")
+        {
             if !body.ends_with(b"\r\n") && !body.is_empty() {
                 body.extend_from_slice(b"\r\n");
             }
@@ -236,7 +258,11 @@ impl Prepared {
                 Some(tok) => {
                     per.push((
                         "List-Unsubscribe".into(),
-                        format!(" <{}/u/{tok}>, <mailto:{}?subject=unsubscribe>", self.base_url, self.list_leave).into_bytes(),
+                        format!(
+                            " <{}/u/{tok}>, <mailto:{}?subject=unsubscribe>",
+                            self.base_url, self.list_leave
+                        )
+                        .into_bytes(),
                     ));
                     per.push(("List-Unsubscribe-Post".into(), b" List-Unsubscribe=One-Click".to_vec()));
                 }
@@ -279,7 +305,11 @@ impl Prepared {
 
 /// The public permalink of a message.
 pub fn permalink(base_url: &str, list: &ListRecord, message_id: &str) -> String {
-    format!("{}{}", base_url.trim_end_matches('/'), urls::message(list.address.as_str(), message_id))
+    format!(
+        "{}{}",
+        base_url.trim_end_matches('/'),
+        urls::message(list.address.as_str(), message_id)
+    )
 }
 
 /// The envelope sender for `rcpt`: VERP, so a bounce names the member.
@@ -350,11 +380,20 @@ mod tests {
         let raw = b"From: \"Bo\" <bo@yahoo.com>\r\nSubject: hello\r\n\r\nbody\r\n";
         let out = String::from_utf8(prepare(&l, raw, "https://l", &t).render(&[], None, 0).expect("r")).expect("u");
         assert!(out.contains("Subject: [gov] hello\r\n"), "{out}");
-        assert!(out.contains("From: \"Bo via gov\" <gov@lists.example.org>\r\n"), "{out}");
+        assert!(
+            out.contains("From: \"Bo via gov\" <gov@lists.example.org>\r\n"),
+            "{out}"
+        );
         assert!(out.contains("Reply-To: \"Bo\" <bo@yahoo.com>\r\n"), "{out}");
-        assert!(out.ends_with("body\r\n-- \r\nGov list\r\nhttps://l.example.org\r\n"), "{out}");
+        assert!(
+            out.ends_with("body\r\n-- \r\nGov list\r\nhttps://l.example.org\r\n"),
+            "{out}"
+        );
         let raw2 = b"From: cy@example.net\r\nSubject: [gov] again\r\n\r\nx\r\n";
         let out2 = String::from_utf8(prepare(&l, raw2, "https://l", &t).render(&[], None, 0).expect("r")).expect("u");
-        assert!(out2.contains("From: cy@example.net\r\n") && out2.contains("Subject: [gov] again\r\n"), "{out2}");
+        assert!(
+            out2.contains("From: cy@example.net\r\n") && out2.contains("Subject: [gov] again\r\n"),
+            "{out2}"
+        );
     }
 }

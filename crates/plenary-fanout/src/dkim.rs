@@ -37,7 +37,10 @@ impl DkimKey {
     /// Load a PEM private key (PKCS#1 or PKCS#8, RSA or Ed25519).
     pub fn load(path: &Path, selector: &str, domain: Option<String>) -> Result<DkimKey, DkimError> {
         let p = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|source| DkimError::Read { path: p.clone(), source })?;
+        let pem = std::fs::read(path).map_err(|source| DkimError::Read {
+            path: p.clone(),
+            source,
+        })?;
         let key = PKey::private_key_from_pem(&pem).map_err(|e| DkimError::Key {
             path: p.clone(),
             reason: e.to_string(),
@@ -45,7 +48,10 @@ impl DkimKey {
         let ed25519 = match key.id() {
             Id::RSA => {
                 if key.bits() < 1024 {
-                    return Err(DkimError::Weak { path: p, bits: key.bits() });
+                    return Err(DkimError::Weak {
+                        path: p,
+                        bits: key.bits(),
+                    });
                 }
                 false
             }

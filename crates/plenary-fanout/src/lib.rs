@@ -131,7 +131,12 @@ fn now() -> i64 {
 }
 
 impl Worker {
-    pub fn new(store: Store, engine: Engine, settings: FanoutSettings, keys: Vec<DkimKey>) -> Result<Worker, FanoutError> {
+    pub fn new(
+        store: Store,
+        engine: Engine,
+        settings: FanoutSettings,
+        keys: Vec<DkimKey>,
+    ) -> Result<Worker, FanoutError> {
         let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.relay_host)
             .port(settings.relay_port)
             .timeout(Some(settings.timeout))
@@ -224,7 +229,11 @@ impl Worker {
     }
 
     /// The next recipients of a job after its cursor: (address, one-click token, variant).
-    fn next_recipients(&self, job: &FanoutJob, plan: &JobPlan) -> Result<Vec<(MemberAddress, Option<String>, usize)>, FanoutError> {
+    fn next_recipients(
+        &self,
+        job: &FanoutJob,
+        plan: &JobPlan,
+    ) -> Result<Vec<(MemberAddress, Option<String>, usize)>, FanoutError> {
         let limit = self.settings.batch.max(1);
         let explicit = |to: &[MemberAddress]| {
             to.iter()
@@ -263,7 +272,11 @@ impl Worker {
                 if out.is_empty() {
                     if let Some(c) = cursor {
                         if job.cursor.as_deref() != Some(c.as_str()) {
-                            return Ok(vec![(MemberAddress::parse(&c).map_err(|e| FanoutError::Engine(e.to_string()))?, None, usize::MAX)]);
+                            return Ok(vec![(
+                                MemberAddress::parse(&c).map_err(|e| FanoutError::Engine(e.to_string()))?,
+                                None,
+                                usize::MAX,
+                            )]);
                         }
                     }
                 }
@@ -272,7 +285,13 @@ impl Worker {
         }
     }
 
-    fn wants(&self, m: &Member, job: &FanoutJob, plan: &JobPlan, digest: bool) -> Option<(MemberAddress, Option<String>, usize)> {
+    fn wants(
+        &self,
+        m: &Member,
+        job: &FanoutJob,
+        plan: &JobPlan,
+        digest: bool,
+    ) -> Option<(MemberAddress, Option<String>, usize)> {
         if m.joined_at > job.created {
             return None; // joined after the post arrived
         }
@@ -281,14 +300,22 @@ impl Worker {
                 return None;
             }
             let v = if m.delivery == Delivery::PlainDigest { 1 } else { 0 };
-            return Some((m.address.clone(), Some(m.unsub_token.clone()), v.min(plan.prepared.len() - 1)));
+            return Some((
+                m.address.clone(),
+                Some(m.unsub_token.clone()),
+                v.min(plan.prepared.len() - 1),
+            ));
         }
         m.gets_post_from(plan.author.as_ref())
             .then(|| (m.address.clone(), Some(m.unsub_token.clone()), 0))
     }
 
     /// Build and sign copies on blocking threads (RSA is the cost; use every core).
-    async fn build(&self, plan: &JobPlan, rcpts: Vec<(MemberAddress, Option<String>, usize)>) -> Result<Vec<Copy>, FanoutError> {
+    async fn build(
+        &self,
+        plan: &JobPlan,
+        rcpts: Vec<(MemberAddress, Option<String>, usize)>,
+    ) -> Result<Vec<Copy>, FanoutError> {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let chunk = rcpts.len().div_ceil(threads).max(1);
         let mut handles = Vec::new();
@@ -298,19 +325,21 @@ impl Worker {
             let prepared = plan.prepared.clone();
             let keys = self.keys.clone();
             let list = list.clone();
-            handles.push(tokio::task::spawn_blocking(move || -> Result<Vec<Copy>, dkim::DkimError> {
-                let t = now();
-                part.into_iter()
-                    .map(|(rcpt, tok, v)| {
-                        let bytes = prepared[v].render(&keys, tok.as_deref(), t)?;
-                        Ok(Copy {
-                            from: compose::envelope_from(&list, &rcpt),
-                            rcpt,
-                            bytes,
+            handles.push(tokio::task::spawn_blocking(
+                move || -> Result<Vec<Copy>, dkim::DkimError> {
+                    let t = now();
+                    part.into_iter()
+                        .map(|(rcpt, tok, v)| {
+                            let bytes = prepared[v].render(&keys, tok.as_deref(), t)?;
+                            Ok(Copy {
+                                from: compose::envelope_from(&list, &rcpt),
+                                rcpt,
+                                bytes,
+                            })
                         })
-                    })
-                    .collect()
-            }));
+                        .collect()
+                },
+            ));
         }
         let mut out = Vec::with_capacity(rcpts.len());
         for h in handles {
@@ -324,7 +353,9 @@ impl Worker {
         let sem = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
         let mut set = tokio::task::JoinSet::new();
         for c in copies {
-            let Ok(permit) = sem.clone().acquire_owned().await else { break };
+            let Ok(permit) = sem.clone().acquire_owned().await else {
+                break;
+            };
             let me = self.clone();
             set.spawn(async move {
                 let r = me.send(&c).await;
@@ -343,12 +374,20 @@ impl Worker {
 
     fn backoff(&self, attempts: u32) -> i64 {
         let base = self.settings.retry_initial.as_secs().max(1);
-        let d = base.saturating_mul(1u64 << attempts.min(20)).min(self.settings.retry_max.as_secs().max(base));
+        let d = base
+            .saturating_mul(1u64 << attempts.min(20))
+            .min(self.settings.retry_max.as_secs().max(base));
         d as i64
     }
 
     /// Writes for results of one batch.
-    fn outcome_writes(&self, job: &FanoutJob, list: &ListRecord, results: Vec<(MemberAddress, Sent)>, prior: &HashMap<MemberAddress, RetryEntry>) -> Result<(Vec<Write>, u64), FanoutError> {
+    fn outcome_writes(
+        &self,
+        job: &FanoutJob,
+        list: &ListRecord,
+        results: Vec<(MemberAddress, Sent)>,
+        prior: &HashMap<MemberAddress, RetryEntry>,
+    ) -> Result<(Vec<Write>, u64), FanoutError> {
         let mut writes = Vec::new();
         let mut delivered = 0;
         let t = now();
@@ -368,7 +407,11 @@ impl Worker {
                         writes.push(Write::RemoveRetry(job.id, rcpt.clone()));
                     }
                     if member_job {
-                        writes.extend(self.engine.bounce_writes(list, &rcpt, true, &why).map_err(|e| FanoutError::Engine(e.to_string()))?);
+                        writes.extend(
+                            self.engine
+                                .bounce_writes(list, &rcpt, true, &why)
+                                .map_err(|e| FanoutError::Engine(e.to_string()))?,
+                        );
                     }
                 }
                 Sent::Temporary(why) => {
@@ -400,7 +443,11 @@ impl Worker {
     }
 
     /// Walk one batch of a job. Returns the number of copies handed over.
-    async fn step_job(self: &Arc<Self>, mut job: FanoutJob, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<usize, FanoutError> {
+    async fn step_job(
+        self: &Arc<Self>,
+        mut job: FanoutJob,
+        plans: &mut HashMap<u64, Arc<JobPlan>>,
+    ) -> Result<usize, FanoutError> {
         let plan = match plans.get(&job.id) {
             Some(p) => p.clone(),
             None => match self.plan(&job)? {
@@ -410,7 +457,10 @@ impl Worker {
                     p
                 }
                 None => {
-                    tracing::warn!(job = job.id, "delivery job refers to a missing list or message; dropped");
+                    tracing::warn!(
+                        job = job.id,
+                        "delivery job refers to a missing list or message; dropped"
+                    );
                     self.store.apply(vec![Write::RemoveJob(job.id)])?;
                     return Ok(0);
                 }
@@ -509,7 +559,8 @@ impl Worker {
                     };
                     rcpts.push((e.rcpt.clone(), tok, v));
                 }
-                let prior: HashMap<MemberAddress, RetryEntry> = chunk.iter().map(|e| (e.rcpt.clone(), e.clone())).collect();
+                let prior: HashMap<MemberAddress, RetryEntry> =
+                    chunk.iter().map(|e| (e.rcpt.clone(), e.clone())).collect();
                 let copies = self.build(&plan, rcpts).await?;
                 total += copies.len();
                 let results = self.send_all(copies).await;

@@ -41,9 +41,12 @@ pub fn classify(raw: &[u8]) -> Bounce {
     static FINAL: OnceLock<Regex> = OnceLock::new();
     static SMTP_CODE: OnceLock<Regex> = OnceLock::new();
     let text = String::from_utf8_lossy(&raw[..raw.len().min(256 * 1024)]).to_ascii_lowercase();
-    let recipient = re(&FINAL, r"(?m)^(?:final|original)-recipient:\s*rfc822;\s*<?([^\s<>;]+@[^\s<>;]+)>?")
-        .captures(&text)
-        .and_then(|c| MemberAddress::parse(&c[1]).ok());
+    let recipient = re(
+        &FINAL,
+        r"(?m)^(?:final|original)-recipient:\s*rfc822;\s*<?([^\s<>;]+@[^\s<>;]+)>?",
+    )
+    .captures(&text)
+    .and_then(|c| MemberAddress::parse(&c[1]).ok());
     let action = re(&ACTION, r"(?m)^action:\s*([a-z]+)")
         .captures(&text)
         .map(|c| c[1].to_string());
@@ -91,7 +94,11 @@ pub fn classify(raw: &[u8]) -> Bounce {
     let soft_words = ["mailbox full", "over quota", "quota exceeded", "mailbox is full"];
     let looks_like_bounce = text.contains("delivery") || text.contains("undeliver") || text.contains("failure");
     if let Some(c) = re(&SMTP_CODE, r"\b([45])[0-9]{2}[ -]([45])\.(\d{1,3})\.(\d{1,3})\b").captures(&text) {
-        let kind = if &c[2] == "5" { BounceKind::Hard } else { BounceKind::Soft };
+        let kind = if &c[2] == "5" {
+            BounceKind::Hard
+        } else {
+            BounceKind::Soft
+        };
         return Bounce {
             kind,
             recipient,

@@ -46,7 +46,11 @@ pub fn build(store: &Store, list: &ListRecord, keys: &[MessageKey], number: u64)
         let raw = crlf(&store.raw(&m)?);
         count += 1;
         let from = m.meta.from_addr.clone().unwrap_or_default();
-        toc.push_str(&format!("  {count}. {} ({})\r\n", header_text(&m.meta.subject, 200), from));
+        toc.push_str(&format!(
+            "  {count}. {} ({})\r\n",
+            header_text(&m.meta.subject, 200),
+            from
+        ));
         parts.extend_from_slice(format!("--{inner}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes());
         parts.extend_from_slice(&raw);
         if !raw.ends_with(b"\r\n") {

@@ -322,7 +322,12 @@ impl Engine {
     }
 
     /// Ask to leave: sends a confirmation to the member.
-    pub fn request_unsubscribe(&self, list_addr: &str, address: &str, ip: Option<IpAddr>) -> Result<Requested, EngineError> {
+    pub fn request_unsubscribe(
+        &self,
+        list_addr: &str,
+        address: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Requested, EngineError> {
         let list = self.list(list_addr)?;
         let addr = MemberAddress::parse(address).map_err(|e| EngineError::Invalid(format!("{address:?}: {e}")))?;
         if let Some(ip) = ip {
@@ -481,8 +486,9 @@ impl Engine {
                 if !list.settings.is_moderator(f) {
                     return Err(EngineError::NotAllowed);
                 }
-                let action = ModAction::from_reply(reply_text)
-                    .ok_or_else(|| EngineError::Invalid("the reply must start with approve, reject or discard".into()))?;
+                let action = ModAction::from_reply(reply_text).ok_or_else(|| {
+                    EngineError::Invalid("the reply must start with approve, reject or discard".into())
+                })?;
                 self.moderate(held, action.clone(), f.as_str()).await?;
                 self.store.apply(vec![Write::RemoveToken(tok.to_string())])?;
                 Ok(Confirmed::Moderated(action))
@@ -638,7 +644,13 @@ impl Engine {
     }
 
     /// Change one member's options (CLI): `delivery`, `moderated`, `receive_own`, `enabled`.
-    pub fn set_member_option(&self, list_addr: &str, address: &str, key: &str, value: &str) -> Result<Member, EngineError> {
+    pub fn set_member_option(
+        &self,
+        list_addr: &str,
+        address: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Member, EngineError> {
         let list = self.list(list_addr)?;
         let addr = MemberAddress::parse(address).map_err(|e| EngineError::Invalid(format!("{address:?}: {e}")))?;
         let mut m = self
@@ -832,7 +844,13 @@ impl Engine {
         )];
         if m.bounce_score >= list.settings.bounce_threshold * 10 {
             m.disabled = Some("bounces".into());
-            writes.push(Self::log(list, "system", "disable", addr.as_str(), "bounce score reached the threshold"));
+            writes.push(Self::log(
+                list,
+                "system",
+                "disable",
+                addr.as_str(),
+                "bounce score reached the threshold",
+            ));
             let body = format!(
                 "Mail from {list} to {addr} has bounced too often, so delivery to you is now disabled.\n\
                  You are still a member. Reply to the list owners at {owner} to turn delivery back on.\n",
@@ -853,7 +871,10 @@ impl Engine {
                     list,
                     o,
                     &format!("{}: delivery to {addr} disabled after bounces", list.address),
-                    &format!("Delivery to {addr} was disabled: bounce score {}.\n", m.bounce_score / 10),
+                    &format!(
+                        "Delivery to {addr} was disabled: bounce score {}.\n",
+                        m.bounce_score / 10
+                    ),
                     None,
                     None,
                     Auto::Generated,
@@ -893,7 +914,12 @@ impl Engine {
                             tracing::info!(list = %list.address, detail = %b.detail, "mail to the bounce address not counted");
                         }
                         (kind, Some(who)) => {
-                            writes.extend(self.bounce_writes(&list, &who, kind == bounce::BounceKind::Hard, &b.detail)?);
+                            writes.extend(self.bounce_writes(
+                                &list,
+                                &who,
+                                kind == bounce::BounceKind::Hard,
+                                &b.detail,
+                            )?);
                         }
                     }
                 }
@@ -939,7 +965,14 @@ impl Engine {
                     if let Some(from) = sender.as_ref() {
                         let r = match cmd {
                             Some(Command::Subscribe(d)) => self
-                                .request_subscribe(list.address.as_str(), from.as_str(), &mail.name, d, JoinedVia::Email, None)
+                                .request_subscribe(
+                                    list.address.as_str(),
+                                    from.as_str(),
+                                    &mail.name,
+                                    d,
+                                    JoinedVia::Email,
+                                    None,
+                                )
                                 .map(|_| ()),
                             Some(Command::Unsubscribe) => self
                                 .request_unsubscribe(list.address.as_str(), from.as_str(), None)

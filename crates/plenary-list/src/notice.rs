@@ -63,10 +63,15 @@ pub fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for c in input.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
         out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
     }
     out
@@ -130,7 +135,9 @@ pub fn compose(n: &Notice<'_>) -> String {
         Auto::Generated => "Auto-Submitted: auto-generated\r\n",
     });
     m.push_str("Precedence: bulk\r\n");
-    m.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");
+    m.push_str(
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+    );
     m.push_str(&body_text(n.body));
     m
 }
@@ -161,7 +168,10 @@ mod tests {
 
     #[test]
     fn non_ascii_subjects_are_encoded() {
-        let h = header_text("Réunion du groupe — ordre du jour très long pour dépasser la limite", 200);
+        let h = header_text(
+            "Réunion du groupe — ordre du jour très long pour dépasser la limite",
+            200,
+        );
         assert!(h.is_ascii());
         assert!(h.starts_with("=?utf-8?b?"));
         assert!(h.split("\r\n ").all(|w| w.len() <= 75));

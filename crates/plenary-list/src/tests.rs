@@ -33,18 +33,33 @@ async fn double_opt_in_then_one_click_leave() {
     let dir = tempfile::tempdir().expect("tempdir");
     let e = engine(dir.path());
     let r = e
-        .request_subscribe("gov@lists.example.org", "Ana@Example.net", "Ana", Delivery::Each, JoinedVia::Web, None)
+        .request_subscribe(
+            "gov@lists.example.org",
+            "Ana@Example.net",
+            "Ana",
+            Delivery::Each,
+            JoinedVia::Web,
+            None,
+        )
         .expect("request");
     assert_eq!(r, Requested::ConfirmationSent);
     let list = e.store().list("gov@lists.example.org").expect("read").expect("list");
     let ana = MemberAddress::parse("ana@example.net").expect("valid");
-    assert!(e.store().member(list.id, &ana).expect("read").is_none(), "not a member before confirming");
+    assert!(
+        e.store().member(list.id, &ana).expect("read").is_none(),
+        "not a member before confirming"
+    );
     let n = notices(&e);
     assert_eq!(n.len(), 1);
     assert_eq!(n[0].0, vec![ana.clone()]);
     let tok = token_in(&n[0].1);
-    assert!(n[0].1.contains(&format!("Reply-To: <gov-confirm+{tok}@lists.example.org>")));
-    assert_eq!(e.confirm(&tok, None, "").await.expect("confirm"), Confirmed::Subscribed(ana.clone()));
+    assert!(n[0]
+        .1
+        .contains(&format!("Reply-To: <gov-confirm+{tok}@lists.example.org>")));
+    assert_eq!(
+        e.confirm(&tok, None, "").await.expect("confirm"),
+        Confirmed::Subscribed(ana.clone())
+    );
     let m = e.store().member(list.id, &ana).expect("read").expect("member now");
     assert_eq!(m.joined_via, JoinedVia::Web);
     // Single use.
@@ -53,7 +68,10 @@ async fn double_opt_in_then_one_click_leave() {
     let (_, who) = e.one_click_unsubscribe(&m.unsub_token).expect("one-click");
     assert_eq!(who, ana);
     assert!(e.store().member(list.id, &ana).expect("read").is_none());
-    assert!(matches!(e.one_click_unsubscribe(&m.unsub_token), Err(EngineError::BadToken)));
+    assert!(matches!(
+        e.one_click_unsubscribe(&m.unsub_token),
+        Err(EngineError::BadToken)
+    ));
     let log = e.store().log(Some(list.id)).expect("log");
     let actions: Vec<&str> = log.iter().map(|l| l.action.as_str()).collect();
     assert_eq!(actions, ["subscribe", "unsubscribe"]);
@@ -66,9 +84,15 @@ async fn confirmation_mail_is_rate_limited() {
     let ip: IpAddr = "192.0.2.7".parse().expect("ip");
     let mut sent = 0;
     for _ in 0..10 {
-        if e
-            .request_subscribe("gov@lists.example.org", "victim@example.net", "", Delivery::Each, JoinedVia::Web, Some(ip))
-            .is_ok()
+        if e.request_subscribe(
+            "gov@lists.example.org",
+            "victim@example.net",
+            "",
+            Delivery::Each,
+            JoinedVia::Web,
+            Some(ip),
+        )
+        .is_ok()
         {
             sent += 1;
         }
@@ -76,9 +100,15 @@ async fn confirmation_mail_is_rate_limited() {
     assert_eq!(sent, EngineSettings::default().confirm_per_address);
     let mut by_ip = 0;
     for i in 0..30 {
-        if e
-            .request_subscribe("gov@lists.example.org", &format!("v{i}@example.net"), "", Delivery::Each, JoinedVia::Web, Some(ip))
-            .is_ok()
+        if e.request_subscribe(
+            "gov@lists.example.org",
+            &format!("v{i}@example.net"),
+            "",
+            Delivery::Each,
+            JoinedVia::Web,
+            Some(ip),
+        )
+        .is_ok()
         {
             by_ip += 1;
         }
@@ -92,9 +122,18 @@ async fn held_post_is_approved_into_the_archive_and_queue() {
     let e = engine(dir.path());
     let mut settings = ListSettings::default();
     settings.set("owners", "owner@example.org").expect("valid");
-    let list = e.store().set_list_settings("gov@lists.example.org", settings).expect("settings");
+    let list = e
+        .store()
+        .set_list_settings("gov@lists.example.org", settings)
+        .expect("settings");
     let raw = b"From: stranger@example.com\r\nSubject: hi\r\nMessage-ID: <h1@x>\r\n\r\nhello\r\n".to_vec();
-    let meta = MessageMeta::extract(&raw, Fallback { envelope_date: None, received_at: now() });
+    let meta = MessageMeta::extract(
+        &raw,
+        Fallback {
+            envelope_date: None,
+            received_at: now(),
+        },
+    );
     let out = e
         .store()
         .ingest(IngestRequest {
@@ -102,7 +141,10 @@ async fn held_post_is_approved_into_the_archive_and_queue() {
             meta,
             origin: plenary_core::Origin::Smtp,
             envelope_from: "stranger@example.com".into(),
-            targets: vec![IngestTarget { list: list.id, kind: RecipientKind::Post }],
+            targets: vec![IngestTarget {
+                list: list.id,
+                kind: RecipientKind::Post,
+            }],
             received_at: now(),
             handling: PostHandling::ByPolicy,
         })
@@ -116,27 +158,59 @@ async fn held_post_is_approved_into_the_archive_and_queue() {
     let n = notices(&e);
     assert_eq!(n.len(), 1, "one notice to the owner");
     assert!(n[0].1.contains("held for moderation"));
-    let reply_to = n[0].1.lines().find(|l| l.starts_with("Reply-To:")).expect("reply-to").to_string();
-    let tok = reply_to.split('+').nth(1).expect("token").split('@').next().expect("token").to_string();
+    let reply_to = n[0]
+        .1
+        .lines()
+        .find(|l| l.starts_with("Reply-To:"))
+        .expect("reply-to")
+        .to_string();
+    let tok = reply_to
+        .split('+')
+        .nth(1)
+        .expect("token")
+        .split('@')
+        .next()
+        .expect("token")
+        .to_string();
     // A non-moderator cannot approve by reply.
     let intruder = MemberAddress::parse("stranger@example.com").expect("valid");
-    assert!(matches!(e.confirm(&tok, Some(&intruder), "approve").await, Err(EngineError::NotAllowed)));
+    assert!(matches!(
+        e.confirm(&tok, Some(&intruder), "approve").await,
+        Err(EngineError::NotAllowed)
+    ));
     let owner = MemberAddress::parse("owner@example.org").expect("valid");
-    let r = e.confirm(&tok, Some(&owner), "> quoted\n\napprove\n").await.expect("approve by reply");
+    let r = e
+        .confirm(&tok, Some(&owner), "> quoted\n\napprove\n")
+        .await
+        .expect("approve by reply");
     assert_eq!(r, Confirmed::Moderated(ModAction::Approve));
     assert!(e.store().held_post(*id).expect("read").is_none());
     assert_eq!(e.store().archived_count(list.id).expect("count"), 1);
-    assert!(e.store().jobs().expect("jobs").iter().any(|j| matches!(j.what, JobKind::Post { .. })));
+    assert!(e
+        .store()
+        .jobs()
+        .expect("jobs")
+        .iter()
+        .any(|j| matches!(j.what, JobKind::Post { .. })));
     let log = e.store().log(Some(list.id)).expect("log");
-    assert_eq!(log.last().map(|l| (l.actor.as_str(), l.action.as_str())), Some(("owner@example.org", "approve")));
+    assert_eq!(
+        log.last().map(|l| (l.actor.as_str(), l.action.as_str())),
+        Some(("owner@example.org", "approve"))
+    );
 }
 
 #[test]
 fn moderator_replies_and_commands_parse() {
-    assert_eq!(ModAction::from_reply("> approve\n\nReject: off topic, sorry"), Some(ModAction::Reject("off topic, sorry".into())));
+    assert_eq!(
+        ModAction::from_reply("> approve\n\nReject: off topic, sorry"),
+        Some(ModAction::Reject("off topic, sorry".into()))
+    );
     assert_eq!(ModAction::from_reply("Discard\n"), Some(ModAction::Discard));
     assert_eq!(ModAction::from_reply("thanks!"), None);
-    assert_eq!(Command::find("Re: subscribe digest", ""), Some(Command::Subscribe(Delivery::Digest)));
+    assert_eq!(
+        Command::find("Re: subscribe digest", ""),
+        Some(Command::Subscribe(Delivery::Digest))
+    );
     assert_eq!(Command::find("", "\n> help\nunsubscribe\n"), Some(Command::Unsubscribe));
     assert_eq!(Command::find("hello", "how do I join?"), None);
 }

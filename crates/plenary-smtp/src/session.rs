@@ -420,10 +420,10 @@ impl<'a> Session<'a> {
         };
         // The list this could belong to: the local part with a command suffix removed.
         let mut base = local;
-        if let Some(i) = local.find("-bounces+") {
+        if let Some(i) = local.find("-bounces+").or_else(|| local.find("-confirm+")) {
             base = &local[..i];
         } else {
-            for suf in ["-request", "-join", "-leave", "-owner", "-bounces"] {
+            for suf in ["-request", "-join", "-leave", "-owner", "-bounces", "-confirm"] {
                 if let Some(b) = local.strip_suffix(suf) {
                     base = b;
                     break;

@@ -372,11 +372,7 @@ fn commit_batch(
                     let distribute = match req.handling {
                         PostHandling::ArchiveOnly => false,
                         PostHandling::Approved => {
-                            author = req
-                                .meta
-                                .from_addr
-                                .as_deref()
-                                .and_then(|a| MemberAddress::parse(a).ok());
+                            author = req.meta.from_addr.as_deref().and_then(|a| MemberAddress::parse(a).ok());
                             true
                         }
                         PostHandling::ByPolicy => {

@@ -70,107 +70,99 @@ impl Store {
         let t = self.trees();
         let work = writes.iter().any(|w| matches!(w, Write::PutJob(_)));
         let r: Result<(), TransactionError<()>> = (
-            &t.members,
-            &t.unsub,
-            &t.tokens,
-            &t.held,
-            &t.modlog,
-            &t.fanout,
-            &t.retries,
-            &t.inbox,
-            &t.blobs,
-            &t.digest,
-            &t.lists,
-            &t.meta,
+            &t.members, &t.unsub, &t.tokens, &t.held, &t.modlog, &t.fanout, &t.retries, &t.inbox, &t.blobs, &t.digest,
+            &t.lists, &t.meta,
         )
-            .transaction(|(members, unsub, tokens, held, modlog, fanout, retries, inbox, blobs, digest, lists, meta)| {
-                for w in &writes {
-                    match w {
-                        Write::PutMember(list, m) => {
-                            let k = keys::member(*list, &m.address);
-                            if let Some(old) = members.get(&k)? {
-                                if let Ok(old) = serde_json::from_slice::<Member>(&old) {
-                                    if old.unsub_token != m.unsub_token {
+            .transaction(
+                |(members, unsub, tokens, held, modlog, fanout, retries, inbox, blobs, digest, lists, meta)| {
+                    for w in &writes {
+                        match w {
+                            Write::PutMember(list, m) => {
+                                let k = keys::member(*list, &m.address);
+                                if let Some(old) = members.get(&k)? {
+                                    if let Ok(old) = serde_json::from_slice::<Member>(&old) {
+                                        if old.unsub_token != m.unsub_token {
+                                            unsub.remove(old.unsub_token.as_bytes())?;
+                                        }
+                                    }
+                                }
+                                members.insert(k.clone(), json(m))?;
+                                unsub.insert(m.unsub_token.as_bytes(), k)?;
+                            }
+                            Write::RemoveMember(list, a) => {
+                                let k = keys::member(*list, a);
+                                if let Some(old) = members.remove(k)? {
+                                    if let Ok(old) = serde_json::from_slice::<Member>(&old) {
                                         unsub.remove(old.unsub_token.as_bytes())?;
                                     }
                                 }
                             }
-                            members.insert(k.clone(), json(m))?;
-                            unsub.insert(m.unsub_token.as_bytes(), k)?;
-                        }
-                        Write::RemoveMember(list, a) => {
-                            let k = keys::member(*list, a);
-                            if let Some(old) = members.remove(k)? {
-                                if let Ok(old) = serde_json::from_slice::<Member>(&old) {
-                                    unsub.remove(old.unsub_token.as_bytes())?;
-                                }
+                            Write::PutToken(tok, p) => {
+                                tokens.insert(tok.as_bytes(), json(p))?;
                             }
-                        }
-                        Write::PutToken(tok, p) => {
-                            tokens.insert(tok.as_bytes(), json(p))?;
-                        }
-                        Write::RemoveToken(tok) => {
-                            tokens.remove(tok.as_bytes())?;
-                        }
-                        Write::PutHeld(h) => {
-                            held.insert(&h.id.to_be_bytes(), json(h))?;
-                        }
-                        Write::RemoveHeld(id, free) => {
-                            if let Some(v) = held.remove(&id.to_be_bytes())? {
-                                if *free {
-                                    if let Ok(h) = serde_json::from_slice::<HeldPost>(&v) {
-                                        for n in 0..h.chunks {
-                                            blobs.remove(&keys::blob_chunk(h.blob, n))?;
+                            Write::RemoveToken(tok) => {
+                                tokens.remove(tok.as_bytes())?;
+                            }
+                            Write::PutHeld(h) => {
+                                held.insert(&h.id.to_be_bytes(), json(h))?;
+                            }
+                            Write::RemoveHeld(id, free) => {
+                                if let Some(v) = held.remove(&id.to_be_bytes())? {
+                                    if *free {
+                                        if let Ok(h) = serde_json::from_slice::<HeldPost>(&v) {
+                                            for n in 0..h.chunks {
+                                                blobs.remove(&keys::blob_chunk(h.blob, n))?;
+                                            }
                                         }
                                     }
                                 }
                             }
-                        }
-                        Write::Log(e) => {
-                            let next = meta.get(b"next_log")?.and_then(|v| keys::be_u64(&v)).unwrap_or(1);
-                            meta.insert(b"next_log", &(next + 1).to_be_bytes())?;
-                            modlog.insert(&next.to_be_bytes(), json(e))?;
-                        }
-                        Write::PutJob(j) => {
-                            fanout.insert(&j.id.to_be_bytes(), json(j))?;
-                        }
-                        Write::RemoveJob(id) => {
-                            fanout.remove(&id.to_be_bytes())?;
-                        }
-                        Write::PutRetry(r) => {
-                            retries.insert(keys::retry(r.job, &r.rcpt), json(r))?;
-                        }
-                        Write::RemoveRetry(job, rcpt) => {
-                            retries.remove(keys::retry(*job, rcpt))?;
-                        }
-                        Write::InboxDone(n, free) => {
-                            if let Some(v) = inbox.remove(&n.to_be_bytes())? {
-                                if *free {
-                                    if let Ok(e) = serde_json::from_slice::<InboxEntry>(&v) {
-                                        for c in 0..e.chunks {
-                                            blobs.remove(&keys::blob_chunk(e.blob, c))?;
+                            Write::Log(e) => {
+                                let next = meta.get(b"next_log")?.and_then(|v| keys::be_u64(&v)).unwrap_or(1);
+                                meta.insert(b"next_log", &(next + 1).to_be_bytes())?;
+                                modlog.insert(&next.to_be_bytes(), json(e))?;
+                            }
+                            Write::PutJob(j) => {
+                                fanout.insert(&j.id.to_be_bytes(), json(j))?;
+                            }
+                            Write::RemoveJob(id) => {
+                                fanout.remove(&id.to_be_bytes())?;
+                            }
+                            Write::PutRetry(r) => {
+                                retries.insert(keys::retry(r.job, &r.rcpt), json(r))?;
+                            }
+                            Write::RemoveRetry(job, rcpt) => {
+                                retries.remove(keys::retry(*job, rcpt))?;
+                            }
+                            Write::InboxDone(n, free) => {
+                                if let Some(v) = inbox.remove(&n.to_be_bytes())? {
+                                    if *free {
+                                        if let Ok(e) = serde_json::from_slice::<InboxEntry>(&v) {
+                                            for c in 0..e.chunks {
+                                                blobs.remove(&keys::blob_chunk(e.blob, c))?;
+                                            }
                                         }
                                     }
                                 }
                             }
-                        }
-                        Write::RemoveBlob(blob, chunks) => {
-                            for c in 0..*chunks {
-                                blobs.remove(&keys::blob_chunk(*blob, c))?;
+                            Write::RemoveBlob(blob, chunks) => {
+                                for c in 0..*chunks {
+                                    blobs.remove(&keys::blob_chunk(*blob, c))?;
+                                }
                             }
-                        }
-                        Write::DigestTaken(keys_) => {
-                            for k in keys_ {
-                                digest.remove(&k.to_bytes())?;
+                            Write::DigestTaken(keys_) => {
+                                for k in keys_ {
+                                    digest.remove(&k.to_bytes())?;
+                                }
                             }
-                        }
-                        Write::PutList(l) => {
-                            lists.insert(l.address.as_str(), json(l))?;
+                            Write::PutList(l) => {
+                                lists.insert(l.address.as_str(), json(l))?;
+                            }
                         }
                     }
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                },
+            );
         match r {
             Ok(()) => {}
             Err(TransactionError::Storage(e)) => {
@@ -190,9 +182,7 @@ impl Store {
 
     /// Change a list's settings.
     pub fn set_list_settings(&self, address: &str, settings: ListSettings) -> Result<ListRecord, StoreError> {
-        let mut rec = self
-            .list(address)?
-            .ok_or_else(|| corrupt(address, "no such list"))?;
+        let mut rec = self.list(address)?.ok_or_else(|| corrupt(address, "no such list"))?;
         rec.settings = settings;
         self.apply(vec![Write::PutList(rec.clone())])?;
         Ok(rec)

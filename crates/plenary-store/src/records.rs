@@ -134,13 +134,20 @@ pub struct Pending {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JobKind {
     /// A post, to every member who takes single posts.
-    Post { key: MessageKey, author: Option<MemberAddress> },
+    Post {
+        key: MessageKey,
+        author: Option<MemberAddress>,
+    },
     /// A digest of these posts, to every digest member.
     Digest { keys: Vec<MessageKey>, number: u64 },
     /// A message the list composed (confirmation, notice) to named recipients.
     Notice { to: Vec<MemberAddress>, raw: String },
     /// Stored mail (owner mail) forwarded to named recipients.
-    Forward { to: Vec<MemberAddress>, blob: u64, chunks: u32 },
+    Forward {
+        to: Vec<MemberAddress>,
+        blob: u64,
+        chunks: u32,
+    },
 }
 
 /// A durable delivery job. Recipients are walked in address order; `cursor` is the last

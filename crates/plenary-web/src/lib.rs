@@ -70,8 +70,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/lists/{list}/", get(pages::list))
         .route("/lists/{list}/subscribe", post(membership::subscribe))
         .route("/lists/{list}/unsubscribe", post(membership::unsubscribe))
-        .route("/confirm/{token}", get(membership::confirm_page).post(membership::confirm_post))
-        .route("/u/{token}", get(membership::one_click_page).post(membership::one_click_post))
+        .route(
+            "/confirm/{token}",
+            get(membership::confirm_page).post(membership::confirm_post),
+        )
+        .route(
+            "/u/{token}",
+            get(membership::one_click_page).post(membership::one_click_post),
+        )
         .route("/lists/{list}/{year}/{month}/", get(pages::month))
         .route("/lists/{list}/m/{mid}/", get(pages::message))
         .route("/lists/{list}/m/{mid}/raw", get(pages::raw))

@@ -41,7 +41,11 @@ pub(crate) fn csrf_token(headers: &HeaderMap, base_url: &str) -> (String, Option
         Some(v) => (v, None),
         None => {
             let v = plenary_list::token::new_token();
-            let secure = if base_url.starts_with("https://") { "; Secure" } else { "" };
+            let secure = if base_url.starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
             let c = format!("{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age=86400{secure}");
             (v, Some(c))
         }
@@ -166,8 +170,13 @@ async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: b
     let f = match Form::<JoinForm>::from_request(req, &()).await {
         Ok(Form(f)) => f,
         Err(_) => {
-            return message(StatusCode::BAD_REQUEST, "Please check the form", "The form could not be read.".into(), back)
-                .render(&st, None)
+            return message(
+                StatusCode::BAD_REQUEST,
+                "Please check the form",
+                "The form could not be read.".into(),
+                back,
+            )
+            .render(&st, None)
         }
     };
     if !csrf_ok(&headers, &f.csrf) {
@@ -295,12 +304,9 @@ pub async fn confirm_post(State(st): St, Path(token): Path<String>, req: Request
             format!("{a} is confirmed; the list's owners will now review the request."),
             None,
         ),
-        Ok(Confirmed::Unsubscribed(a)) => message(
-            StatusCode::OK,
-            "Unsubscribed",
-            format!("{a} has left the list."),
-            None,
-        ),
+        Ok(Confirmed::Unsubscribed(a)) => {
+            message(StatusCode::OK, "Unsubscribed", format!("{a} has left the list."), None)
+        }
         Ok(Confirmed::Moderated(_)) => message(StatusCode::OK, "Done", "Done.".into(), None),
         Err(e) => {
             let (status, title, text) = engine_error(e);

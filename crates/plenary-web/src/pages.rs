@@ -238,7 +238,11 @@ fn recent_threads(st: &AppState, list: &ListRecord, max_threads: usize) -> Resul
     Ok(out)
 }
 
-pub async fn list(State(st): St, Path(address): Path<String>, headers: axum::http::HeaderMap) -> Result<Response, WebError> {
+pub async fn list(
+    State(st): St,
+    Path(address): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, WebError> {
     let list = st.list_record(&address)?;
     let threads = recent_threads(&st, &list, 30)?;
     #[derive(Serialize)]

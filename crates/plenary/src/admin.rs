@@ -182,7 +182,9 @@ pub async fn execute(
             for (k, v) in &settings {
                 s.set(k, v)?;
             }
-            store.set_list_settings(rec.address.as_str(), s).map_err(|e| e.to_string())?;
+            store
+                .set_list_settings(rec.address.as_str(), s)
+                .map_err(|e| e.to_string())?;
             Ok(format!("{}: {} setting(s) changed", rec.address, settings.len()))
         }
         Request::ListShow { address } => {
@@ -231,8 +233,13 @@ pub async fn execute(
                         m.address,
                         csv_field(&m.name),
                         m.delivery.name(),
-                        chrono::DateTime::from_timestamp(m.joined_at, 0).unwrap_or_default().to_rfc3339(),
-                        serde_json::to_value(m.joined_via).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                        chrono::DateTime::from_timestamp(m.joined_at, 0)
+                            .unwrap_or_default()
+                            .to_rfc3339(),
+                        serde_json::to_value(m.joined_via)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
                         m.moderated,
                         m.bounce_score / 10,
                         m.bounce_score % 10,
@@ -242,7 +249,12 @@ pub async fn execute(
             }
             Ok(out.trim_end().to_string())
         }
-        Request::MemberSet { list, address, key, value } => {
+        Request::MemberSet {
+            list,
+            address,
+            key,
+            value,
+        } => {
             let m = engine.set_member_option(&list, &address, &key, &value).map_err(e2s)?;
             Ok(format!("{}: {key} = {value}", m.address))
         }
@@ -286,7 +298,9 @@ pub async fn execute(
             for e in store.log(id).map_err(|e| e.to_string())? {
                 out.push_str(&format!(
                     "{}\t{}\t{}\t{}\t{}\n",
-                    chrono::DateTime::from_timestamp(e.at, 0).unwrap_or_default().to_rfc3339(),
+                    chrono::DateTime::from_timestamp(e.at, 0)
+                        .unwrap_or_default()
+                        .to_rfc3339(),
                     e.actor,
                     e.action,
                     e.subject,
@@ -298,7 +312,11 @@ pub async fn execute(
         Request::DigestSend { list } => {
             let rec = list_id(store, &list)?;
             let n = engine.make_digests(Some(rec.id)).map_err(e2s)?;
-            Ok(if n > 0 { "digest queued".into() } else { "no posts wait for a digest".into() })
+            Ok(if n > 0 {
+                "digest queued".into()
+            } else {
+                "no posts wait for a digest".into()
+            })
         }
         Request::Queue => {
             let jobs = store.jobs().map_err(|e| e.to_string())?;

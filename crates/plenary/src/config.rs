@@ -7,11 +7,11 @@
 //! key with its default, and a test checks it against [`KEYS`] so it cannot go stale.
 
 use plenary_core::MimeLimits;
+use plenary_fanout::{FanoutSettings, RelayTls};
 use plenary_index::{IndexerSettings, QueryLimits};
+use plenary_list::EngineSettings;
 use plenary_smtp::SmtpSettings;
 use plenary_store::StoreSettings;
-use plenary_fanout::{FanoutSettings, RelayTls};
-use plenary_list::EngineSettings;
 use plenary_web::WebSettings;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

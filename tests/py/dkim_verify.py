@@ -1,0 +1,36 @@
+"""Verify the DKIM signatures of captured messages with dkimpy (an independent verifier).
+
+usage: dkim_verify.py MESSAGES.jsonl SELECTOR DOMAIN PUBKEY_B64 [ED25519_PUBKEY_B64]
+Prints "verified N" or exits 1 naming the first message that fails.
+"""
+import base64, json, sys
+import dkim
+
+path, selector, domain, rsa_pub = sys.argv[1:5]
+ed_pub = sys.argv[5] if len(sys.argv) > 5 else None
+records = {
+    f"{selector}._domainkey.{domain}.".encode(): f"v=DKIM1; k=rsa; p={rsa_pub}".encode(),
+}
+if ed_pub:
+    records[f"{selector}-ed._domainkey.{domain}.".encode()] = f"v=DKIM1; k=ed25519; p={ed_pub}".encode()
+
+
+def dnsfunc(name, timeout=5):
+    return records.get(name if name.endswith(b".") else name + b".")
+
+
+n = 0
+with open(path) as f:
+    for line in f:
+        m = json.loads(line)
+        data = m["data"].encode("latin-1")
+        if b"DKIM-Signature:" not in data.split(b"\r\n\r\n", 1)[0]:
+            continue
+        d = dkim.DKIM(data)
+        sigs = [i for i, (k, _) in enumerate(d.headers) if k.lower() == b"dkim-signature"]
+        for i in range(len(sigs)):
+            if not d.verify(idx=i, dnsfunc=dnsfunc):
+                print(f"DKIM verification FAILED (signature {i}) for message to {m['rcpts']}:\n{data[:3000].decode('latin-1')}")
+                sys.exit(1)
+        n += 1
+print(f"verified {n}")
