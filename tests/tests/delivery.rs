@@ -252,7 +252,7 @@ fn join_by_mail_and_by_web_form_with_double_opt_in_and_one_click_leave() {
         e.d.smtp,
         "new@example.net",
         &reply_to,
-        &format!("From: new@example.net\r\nSubject: Re: confirm\r\nIn-Reply-To: <x@y>\r\n\r\nyes\r\n"),
+        "From: new@example.net\r\nSubject: Re: confirm\r\nIn-Reply-To: <x@y>\r\n\r\nyes\r\n",
     );
     assert!(r.starts_with("250"), "{r}");
     wait_member(&e, "new@example.net", true);

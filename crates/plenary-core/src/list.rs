@@ -363,7 +363,8 @@ mod tests {
         use PostDecision::*;
         let member = Sender::Member { moderated: false };
         let modded = Sender::Member { moderated: true };
-        let cases: &[(PostingPolicy, NonMemberAction, Sender, fn(&PostDecision) -> bool)] = &[
+        type Case = (PostingPolicy, NonMemberAction, Sender, fn(&PostDecision) -> bool);
+        let cases: &[Case] = &[
             (PostingPolicy::Open, NonMemberAction::Hold, Sender::NonMember, |d| {
                 *d == Distribute
             }),

@@ -177,7 +177,7 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
             DmarcMode::Always => true,
             DmarcMode::Munge => get(&fields, "from")
                 .and_then(author_domain)
-                .is_some_and(|d| s.always_munge.iter().any(|m| *m == d)),
+                .is_some_and(|d| s.always_munge.contains(&d)),
         };
     let has_reply_to = get(&fields, "reply-to").is_some();
     for (name, value) in &fields {
