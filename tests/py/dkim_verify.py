@@ -20,6 +20,7 @@ def dnsfunc(name, timeout=5):
 
 
 n = 0
+ed = 0
 with open(path) as f:
     for line in f:
         m = json.loads(line)
@@ -28,9 +29,11 @@ with open(path) as f:
             continue
         d = dkim.DKIM(data)
         sigs = [i for i, (k, _) in enumerate(d.headers) if k.lower() == b"dkim-signature"]
-        for i in range(len(sigs)):
+        for i, hi in enumerate(sigs):
             if not d.verify(idx=i, dnsfunc=dnsfunc):
                 print(f"DKIM verification FAILED (signature {i}) for message to {m['rcpts']}:\n{data[:3000].decode('latin-1')}")
                 sys.exit(1)
+            if b"ed25519-sha256" in d.headers[hi][1]:
+                ed += 1
         n += 1
-print(f"verified {n}")
+print(f"verified {n} ed25519 {ed}")

@@ -12,6 +12,7 @@ struct Env {
     d: Daemon,
     relay: Relay,
     pubkey: String,
+    ed_pubkey: String,
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {
@@ -51,13 +52,18 @@ fn env(extra: &str) -> Env {
     openssl(&["genrsa", "-out", &key.to_string_lossy(), "2048"]);
     let der = openssl(&["rsa", "-in", &key.to_string_lossy(), "-pubout", "-outform", "DER"]);
     let pubkey = b64(&der);
+    let ed = dir.path().join("ed25519.pem");
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", &ed.to_string_lossy()]);
+    let ed_der = openssl(&["pkey", "-in", &ed.to_string_lossy(), "-pubout", "-outform", "DER"]);
+    let ed_pubkey = b64(&ed_der[ed_der.len() - 32..]);
     let d = Daemon::start(
         dir.path(),
         "",
         &format!(
-            "[relay]\nport = {}\n\n[fanout]\nretry_initial_secs = 1\nretry_max_secs = 2\nbatch = 50\n\n[dkim]\nselector = \"test\"\nrsa_key = \"{}\"\n\n{extra}",
+            "[relay]\nport = {}\n\n[fanout]\nretry_initial_secs = 1\nretry_max_secs = 2\nbatch = 50\n\n[dkim]\nselector = \"test\"\nrsa_key = \"{}\"\ned25519_key = \"{}\"\n\n{extra}",
             relay.port,
-            key.display()
+            key.display(),
+            ed.display()
         ),
     );
     d.create_list(LIST);
@@ -74,6 +80,7 @@ fn env(extra: &str) -> Env {
         d,
         relay,
         pubkey,
+        ed_pubkey,
     }
 }
 
@@ -81,7 +88,7 @@ fn verify_dkim(e: &Env) -> String {
     let out = Command::new("/usr/bin/python3")
         .arg(plenary_e2e::workspace().join("tests/py/dkim_verify.py"))
         .arg(e.relay.dir.join("messages.jsonl"))
-        .args(["test", "lists.example.org", &e.pubkey])
+        .args(["test", "lists.example.org", &e.pubkey, &e.ed_pubkey])
         .output()
         .expect("run dkim_verify.py");
     assert!(
@@ -198,7 +205,11 @@ fn members_get_one_signed_copy_each_with_list_headers_and_digests_go_to_digest_m
     // One-click tokens differ per recipient.
     assert_ne!(msgs[0].header("List-Unsubscribe"), msgs[1].header("List-Unsubscribe"));
     let v = verify_dkim(&e);
-    assert!(v.starts_with("verified") && !v.ends_with(" 0"), "{v}");
+    let counts: Vec<u64> = v.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(
+        counts.len() == 2 && counts[0] >= 2 && counts[1] >= 2,
+        "RSA and Ed25519 signatures verified: {v}"
+    );
 
     // The digest member gets the post in a digest, not singly.
     assert!(e.relay.to("bo@example.net").is_empty());
@@ -467,6 +478,35 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
         e.d.count(LIST),
         2,
         "rejected, discarded and refused posts are not archived"
+    );
+
+    // Owner mail reaches the owners; automated mail to a command address is never answered.
+    let r = send_from(e.d.smtp, "someone@example.com", "gov-owner@lists.example.org", "From: someone@example.com\r\nSubject: A question for the owners\r\nMessage-ID: <o1@example.com>\r\n\r\nHello owners.\r\n");
+    assert!(r.starts_with("250"), "{r}");
+    e.relay.wait_for("owner mail forwarded", 30, |m| {
+        m.iter()
+            .any(|x| x.rcpts.contains(&"owner@example.org".to_string()) && x.data.contains("o1@example.com"))
+    });
+    let r = send_from(
+        e.d.smtp,
+        "robot@example.com",
+        "gov-request@lists.example.org",
+        "From: robot@example.com\r\nSubject: subscribe\r\nAuto-Submitted: auto-replied\r\n\r\nsubscribe\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let r = send_from(
+        e.d.smtp,
+        "human@example.com",
+        "gov-request@lists.example.org",
+        "From: human@example.com\r\nSubject: help\r\n\r\nhelp\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    e.relay.wait_for("help reply", 30, |m| {
+        m.iter().any(|x| x.rcpts.contains(&"human@example.com".to_string()))
+    });
+    assert!(
+        e.relay.to("robot@example.com").is_empty(),
+        "no reply to auto-submitted mail (RFC 3834)"
     );
 
     // A DSN to ana's VERP address raises ana's bounce score, not anyone else's.

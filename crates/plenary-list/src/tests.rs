@@ -214,3 +214,116 @@ fn moderator_replies_and_commands_parse() {
     assert_eq!(Command::find("", "\n> help\nunsubscribe\n"), Some(Command::Unsubscribe));
     assert_eq!(Command::find("hello", "how do I join?"), None);
 }
+
+#[tokio::test]
+async fn approve_policy_needs_the_owner_after_confirmation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let mut settings = ListSettings::default();
+    settings.set("subscription", "approve").expect("valid");
+    settings.set("owners", "owner@example.org").expect("valid");
+    let list = e
+        .store()
+        .set_list_settings("gov@lists.example.org", settings)
+        .expect("settings");
+    e.request_subscribe(
+        "gov@lists.example.org",
+        "dee@example.net",
+        "",
+        Delivery::Each,
+        JoinedVia::Email,
+        None,
+    )
+    .expect("request");
+    let tok = token_in(&notices(&e)[0].1);
+    let dee = MemberAddress::parse("dee@example.net").expect("valid");
+    assert_eq!(
+        e.confirm(&tok, Some(&dee), "").await.expect("confirm"),
+        Confirmed::AwaitingApproval(dee.clone())
+    );
+    assert!(
+        e.store().member(list.id, &dee).expect("read").is_none(),
+        "not a member until approved"
+    );
+    let to_owner = notices(&e)
+        .into_iter()
+        .find(|(to, _)| to[0].as_str() == "owner@example.org")
+        .expect("the owner is asked");
+    let approve = token_in(&to_owner.1);
+    // Only an owner may approve by reply.
+    assert!(matches!(
+        e.confirm(&approve, Some(&dee), "").await,
+        Err(EngineError::NotAllowed)
+    ));
+    let owner = MemberAddress::parse("owner@example.org").expect("valid");
+    assert_eq!(
+        e.confirm(&approve, Some(&owner), "").await.expect("approve"),
+        Confirmed::Subscribed(dee.clone())
+    );
+    assert!(e.store().member(list.id, &dee).expect("read").is_some());
+    // Closed lists refuse requests outright.
+    let mut closed = e
+        .store()
+        .list("gov@lists.example.org")
+        .expect("read")
+        .expect("list")
+        .settings;
+    closed.set("subscription", "closed").expect("valid");
+    e.store()
+        .set_list_settings("gov@lists.example.org", closed)
+        .expect("settings");
+    assert!(matches!(
+        e.request_subscribe(
+            "gov@lists.example.org",
+            "eve@example.net",
+            "",
+            Delivery::Each,
+            JoinedVia::Web,
+            None
+        ),
+        Err(EngineError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn digests_in_both_forms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let list = e.store().list("gov@lists.example.org").expect("read").expect("list");
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        let raw = format!("From: a{i}@example.org\r\nSubject: Topic {i}\r\nMessage-ID: <d{i}@x>\r\nDate: Mon, 23 Nov 2026 10:00:0{i} +0000\r\n\r\nBody {i}\r\n").into_bytes();
+        let meta = MessageMeta::extract(
+            &raw,
+            Fallback {
+                envelope_date: None,
+                received_at: now(),
+            },
+        );
+        let out = e
+            .store()
+            .ingest(IngestRequest::post(
+                list.id,
+                raw,
+                meta,
+                plenary_core::Origin::Smtp,
+                now(),
+            ))
+            .await
+            .expect("ingest");
+        if let Some(TargetOutcome::Archived(k)) = out.first() {
+            keys.push(*k);
+        }
+    }
+    let d = digest::build(e.store(), &list, &keys, 7).expect("digest");
+    let mime = String::from_utf8(d.mime).expect("utf8");
+    assert!(mime.contains("Content-Type: multipart/digest; boundary="));
+    assert_eq!(mime.matches("Content-Type: message/rfc822").count(), 3);
+    assert!(mime.contains("Subject: gov digest, Vol 7, 3 messages"));
+    let plain = String::from_utf8(d.plain).expect("utf8");
+    // RFC 1153: each message as Date/From/Subject, a blank line, the text, 30 dashes.
+    assert_eq!(plain.matches("\r\n------------------------------\r\n").count(), 3);
+    assert!(plain.contains("Subject: Topic 1\r\nMessage-ID: <d1@x>\r\n\r\nBody 1\r\n"));
+    assert!(plain.contains("End of gov@lists.example.org digest, Vol 7"));
+    assert!(!plain.replace("\r\n", "").contains('\n'), "CRLF only");
+}

@@ -69,6 +69,7 @@ pub const KEYS: &[&str] = &[
     "dkim.selector",
     "dkim.rsa_key",
     "dkim.ed25519_key",
+    "dkim.ed25519_selector",
     "dkim.domain",
     "list.token_ttl_hours",
     "list.confirm_per_address",
@@ -82,6 +83,7 @@ pub const KEYS: &[&str] = &[
 #[derive(Clone, Debug, Default)]
 pub struct DkimConfig {
     pub selector: String,
+    pub ed25519_selector: String,
     pub rsa_key: Option<PathBuf>,
     pub ed25519_key: Option<PathBuf>,
     pub domain: Option<String>,
@@ -306,14 +308,16 @@ impl Config {
             base_url: web.base_url.clone(),
             timeout: secs(60),
         };
+        let selector = r.string("dkim.selector", "plenary");
         let dkim = DkimConfig {
-            selector: r.string("dkim.selector", "plenary"),
+            ed25519_selector: r.string("dkim.ed25519_selector", &format!("{selector}-ed")),
+            selector,
             rsa_key: nonempty(r.string("dkim.rsa_key", "")).map(rel),
             ed25519_key: nonempty(r.string("dkim.ed25519_key", "")).map(rel),
             domain: nonempty(r.string("dkim.domain", "")),
         };
         for key in [&dkim.rsa_key, &dkim.ed25519_key].into_iter().flatten() {
-            if let Err(e) = plenary_fanout::dkim::DkimKey::load(key, &dkim.selector, None) {
+            if let Err(e) = plenary_fanout::dkim::DkimKey::load(key, "check", None) {
                 r.errors.push(format!("dkim: {e}"));
             }
         }

@@ -95,11 +95,17 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let engine = plenary_list::Engine::new(store.clone(), config.engine.clone());
     let mut keys = Vec::new();
-    for path in [&config.dkim.rsa_key, &config.dkim.ed25519_key].into_iter().flatten() {
-        keys.push(
-            plenary_fanout::dkim::DkimKey::load(path, &config.dkim.selector, config.dkim.domain.clone())
-                .context("cannot load the DKIM key")?,
-        );
+    let selectors = [
+        (&config.dkim.rsa_key, &config.dkim.selector),
+        (&config.dkim.ed25519_key, &config.dkim.ed25519_selector),
+    ];
+    for (path, selector) in selectors {
+        if let Some(path) = path {
+            keys.push(
+                plenary_fanout::dkim::DkimKey::load(path, selector, config.dkim.domain.clone())
+                    .context("cannot load the DKIM key")?,
+            );
+        }
     }
     if keys.is_empty() {
         tracing::warn!("no DKIM key configured: list mail goes out unsigned (set dkim.rsa_key)");
