@@ -509,7 +509,9 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
         "no reply to auto-submitted mail (RFC 3834)"
     );
 
-    // A DSN to ana's VERP address raises ana's bounce score, not anyone else's.
+    // A DSN to ana's VERP address raises ana's bounce score, not anyone else's; with a
+    // threshold of 1 it disables delivery and tells ana and the owner.
+    e.d.cli_ok(&["list", "set", LIST, "bounce_threshold=1"]);
     let dsn = "From: MAILER-DAEMON@mx.example.net\r\nTo: gov-bounces+ana=example.net@lists.example.org\r\nSubject: Undelivered Mail Returned to Sender\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\nFinal-Recipient: rfc822; ana@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n";
     let r = send_from(e.d.smtp, "", "gov-bounces+ana=example.net@lists.example.org", dsn);
     assert!(r.starts_with("250"), "{r}");
