@@ -7,6 +7,8 @@ except `verify`, which also checks DKIM signatures with dkimpy if it is installe
   post             send one ~3 KB text post over SMTP and count recipients arriving in an
                    smtp-sink -D dump (the same counter as mm_fanout.py post); also CPU time of
                    the daemon and the sink over the run and the daemon's VmHWM. One JSON object.
+                   CPU figures are in units of one core: pct_of_one_core and machine_busy_pct
+                   (all processes, from /proc/stat) reach 100 * nproc when every core is busy.
   verify           sample copies from the dump: DKIM-Signature present (and valid, with dkimpy),
                    List-Unsubscribe one-click URLs distinct, VERP envelope sender naming the
                    recipient. One JSON object.
@@ -21,6 +23,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, HERE)
 from mm_fanout import DumpCounter, make_post  # noqa: E402  (stdlib-only parts)
 
@@ -135,9 +138,10 @@ def cmd_post(a):
         if now >= next_report:
             pct, busy = cw.interval()
             rate = n / max(now - (first or now), 1e-3) if first else 0
-            log("%s: %d/%d recipients after %.0fs (%.0f/s since first); cpu%% plenary %s sink %s, "
-                "machine %s%% of %d cores" % (a.tag, n, a.expect, now - t0, rate, pct[a.pid],
-                                              pct[a.sink_pid], busy, os.cpu_count()))
+            log("%s: %d/%d recipients after %.0fs (%.0f/s since first); cpu%% of one core: "
+                "plenary %s sink %s, whole machine %s (max %d)"
+                % (a.tag, n, a.expect, now - t0, rate, pct[a.pid], pct[a.sink_pid], busy,
+                   100 * os.cpu_count()))
             next_report = now + a.progress
         time.sleep(a.poll)
     end = time.time() if timed_out else last
@@ -223,6 +227,15 @@ def cmd_verify(a):
             off = rnd.randrange(0, max(size - (1 << 18), 1))
             f.seek(off)
             recs += records_in(f.read(1 << 18), False)[: max(a.n // 16, 1)]
+    # the random windows may overlap each other or the first one: one record per recipient
+    seen, uniq = set(), []
+    for r in recs:
+        k = re.search(rb"^X-Rcpt-Args: (.*)$", r, re.M)
+        k = k.group(1) if k else r
+        if k not in seen:
+            seen.add(k)
+            uniq.append(r)
+    recs = uniq
     try:
         import dkim
         pub = open(a.pubkey, "rb").read() if a.pubkey else None
