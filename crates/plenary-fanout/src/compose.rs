@@ -366,6 +366,42 @@ mod tests {
     }
 
     #[test]
+    fn body_is_hashed_once_per_post_not_per_recipient() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_path = dir.path().join("k.pem");
+        let key = openssl::rsa::Rsa::generate(2048).expect("rsa");
+        std::fs::write(&key_path, key.private_key_to_pem().expect("pem")).expect("write");
+        let key = DkimKey::load(&key_path, "s", None).expect("load");
+        let before = crate::dkim::BODY_HASHES.with(|c| c.get());
+        let t = Transform {
+            archived_at: None,
+            list_changes: true,
+            list_headers: true,
+        };
+        let p = prepare(&list(), b"From: a@x.org\r\nSubject: s\r\n\r\nbody\r\n", "https://l", &t);
+        let mut sigs = std::collections::HashSet::new();
+        for i in 0..50 {
+            let out = String::from_utf8(
+                p.render(std::slice::from_ref(&key), Some(&format!("tok{i}")), 0)
+                    .expect("r"),
+            )
+            .expect("u");
+            assert!(out.contains(&format!("bh={};", p.body_hash())));
+            sigs.insert(out.split("b=").last().map(str::to_string));
+        }
+        assert_eq!(
+            crate::dkim::BODY_HASHES.with(|c| c.get()) - before,
+            1,
+            "one body hash for 50 copies"
+        );
+        assert_eq!(
+            sigs.len(),
+            50,
+            "each copy has its own signature (its own one-click URL)"
+        );
+    }
+
+    #[test]
     fn prefix_footer_and_munging() {
         let mut l = list();
         l.settings.subject_prefix = "[gov]".into();

@@ -100,6 +100,8 @@ fn is_wsp(b: u8) -> bool {
 
 /// Relaxed body canonicalisation, hashed: the `bh=` value.
 pub fn body_hash(body: &[u8]) -> String {
+    #[cfg(test)]
+    BODY_HASHES.with(|c| c.set(c.get() + 1));
     let mut h = Sha256::new();
     let mut pending_empty = 0usize;
     let mut any = false;
@@ -137,6 +139,12 @@ pub fn body_hash(body: &[u8]) -> String {
     }
     let _ = any;
     crate::b64(&h.finalize())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many bodies this thread hashed (the fan-out must hash once per post).
+    pub static BODY_HASHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Relaxed header canonicalisation of one field: `name:value\r\n`.

@@ -388,66 +388,92 @@ impl Worker {
             .then(|| (m.address.clone(), Some(m.unsub_token.clone()), 0))
     }
 
-    /// Build and sign copies on blocking threads (RSA is the cost; use every core).
-    async fn build(
-        &self,
+    /// Build, sign and send the copies for `rcpts`; returns each recipient's result.
+    ///
+    /// Signing (one RSA operation per copy) runs on blocking threads in small chunks, one
+    /// chunk per core at a time, and each chunk is handed to the relay as soon as it is
+    /// signed, so signing and sending overlap instead of alternating batch by batch.
+    async fn deliver(
+        self: &Arc<Self>,
         plan: &JobPlan,
         rcpts: Vec<(MemberAddress, Option<String>, usize)>,
-    ) -> Result<Vec<Copy>, FanoutError> {
+    ) -> Result<(usize, Vec<(MemberAddress, Sent)>), FanoutError> {
+        const CHUNK: usize = 32;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let chunk = rcpts.len().div_ceil(threads).max(1);
-        let mut handles = Vec::new();
-        let list = plan.list.clone();
-        for part in rcpts.chunks(chunk) {
-            let part = part.to_vec();
+        let signers = Arc::new(tokio::sync::Semaphore::new(threads));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Copy>, dkim::DkimError>>(threads * 2);
+        let total = rcpts.len();
+        let producer = {
             let prepared = plan.prepared.clone();
             let keys = self.keys.clone();
-            let list = list.clone();
-            handles.push(tokio::task::spawn_blocking(
-                move || -> Result<Vec<Copy>, dkim::DkimError> {
-                    let t = now();
-                    part.into_iter()
-                        .map(|(rcpt, tok, v)| {
-                            let bytes = prepared[v].render(&keys, tok.as_deref(), t)?;
-                            Ok(Copy {
-                                from: compose::envelope_from(&list, &rcpt),
-                                rcpt,
-                                bytes,
+            let list = plan.list.clone();
+            tokio::spawn(async move {
+                for part in rcpts.chunks(CHUNK) {
+                    let Ok(permit) = signers.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let part = part.to_vec();
+                    let (prepared, keys, list, tx) = (prepared.clone(), keys.clone(), list.clone(), tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let t = now();
+                        let r: Result<Vec<Copy>, dkim::DkimError> = part
+                            .into_iter()
+                            .map(|(rcpt, tok, v)| {
+                                let bytes = prepared[v].render(&keys, tok.as_deref(), t)?;
+                                Ok(Copy {
+                                    from: compose::envelope_from(&list, &rcpt),
+                                    rcpt,
+                                    bytes,
+                                })
                             })
-                        })
-                        .collect()
-                },
-            ));
-        }
-        let mut out = Vec::with_capacity(rcpts.len());
-        for h in handles {
-            out.extend(h.await.map_err(|e| FanoutError::Engine(e.to_string()))??);
-        }
-        Ok(out)
-    }
-
-    /// Send copies with up to `concurrency` transactions in flight.
-    async fn send_all(self: &Arc<Self>, copies: Vec<Copy>) -> Vec<(MemberAddress, Sent)> {
+                            .collect();
+                        drop(permit);
+                        let _ = tx.blocking_send(r);
+                    });
+                }
+            })
+        };
         let sem = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
         let mut set = tokio::task::JoinSet::new();
-        for c in copies {
-            let Ok(permit) = sem.clone().acquire_owned().await else {
-                break;
-            };
-            let me = self.clone();
-            set.spawn(async move {
-                let r = me.send(&c).await;
-                drop(permit);
-                (c.rcpt, r)
-            });
+        let mut sent = 0;
+        let mut failure = None;
+        let mut received = 0;
+        while received < total {
+            let Some(chunk) = rx.recv().await else { break };
+            match chunk {
+                Ok(copies) => {
+                    received += copies.len();
+                    for c in copies {
+                        let Ok(permit) = sem.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let me = self.clone();
+                        sent += 1;
+                        set.spawn(async move {
+                            let r = me.send(&c).await;
+                            drop(permit);
+                            (c.rcpt, r)
+                        });
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
         }
-        let mut out = Vec::new();
+        let _ = producer.await;
+        let mut out = Vec::with_capacity(sent);
         while let Some(r) = set.join_next().await {
             if let Ok(r) = r {
                 out.push(r);
             }
         }
-        out
+        match failure {
+            // Copies already handed over are reported by the caller's retry of this batch.
+            Some(e) => Err(e.into()),
+            None => Ok((sent, out)),
+        }
     }
 
     fn backoff(&self, attempts: u32) -> i64 {
@@ -570,9 +596,7 @@ impl Worker {
         }
         let last = rcpts.last().map(|r| r.0.to_string());
         let started = Instant::now();
-        let copies = self.build(&plan, rcpts).await?;
-        let n = copies.len();
-        let results = self.send_all(copies).await;
+        let (n, results) = self.deliver(&plan, rcpts).await?;
         let (mut writes, delivered) = self.outcome_writes(&job, &plan.list, results, &HashMap::new())?;
         job.cursor = last;
         job.delivered += delivered;
@@ -639,9 +663,8 @@ impl Worker {
                 }
                 let prior: HashMap<MemberAddress, RetryEntry> =
                     chunk.iter().map(|e| (e.rcpt.clone(), e.clone())).collect();
-                let copies = self.build(&plan, rcpts).await?;
-                total += copies.len();
-                let results = self.send_all(copies).await;
+                let (n, results) = self.deliver(&plan, rcpts).await?;
+                total += n;
                 let (mut writes, delivered) = self.outcome_writes(&job, &plan.list, results, &prior)?;
                 if delivered > 0 {
                     if let Some(mut j) = self.store.job(job_id)? {
