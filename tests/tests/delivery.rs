@@ -542,3 +542,29 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
     );
     verify_dkim(&e);
 }
+
+#[test]
+fn bulk_member_csv_over_a_megabyte_through_the_running_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), "", "");
+    d.create_list(LIST);
+    let csv: String = (0..50_000)
+        .map(|i| format!("member{i:06}@example.net,Member {i}\n"))
+        .collect();
+    assert!(csv.len() > 1 << 20, "the CSV must exceed the old 1 MiB request cap");
+    let out = d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+    assert!(out.contains("50000 added"), "{out}");
+    let ls = d.cli_ok(&["member", "ls", LIST]);
+    assert_eq!(ls.lines().count(), 50_001, "header + every member");
+    assert!(ls.contains("member049999@example.net,Member 49999,each,"));
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "new1@example.net\nnot-an-address\n").expect("write csv");
+    let out = d.cli(&["member", "add", LIST, &bad.to_string_lossy()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing added") && err.contains("line 2"), "{err}");
+    assert!(
+        !d.cli_ok(&["member", "ls", LIST]).contains("new1@example.net"),
+        "a bad line adds nothing"
+    );
+}

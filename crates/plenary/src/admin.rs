@@ -436,7 +436,9 @@ async fn send(w: &mut (impl AsyncWriteExt + Unpin), line: &Line) -> std::io::Res
 
 async fn handle(stream: UnixStream, store: Engine, config: Config) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
-    let mut lines = BufReader::new(r.take(1 << 20)).lines();
+    // Requests carry whole member CSVs (100,000 members is about 2.5 MB); the socket is
+    // local and mode 0600, so the cap only stops runaway input.
+    let mut lines = BufReader::new(r.take(256 << 20)).lines();
     let Some(first) = lines.next_line().await? else {
         return Ok(());
     };
