@@ -454,22 +454,7 @@ impl Smtp {
 
 /// Send one message with the raw client; returns the final reply.
 pub fn send_raw(addr: SocketAddr, to: &str, msg: &str) -> String {
-    let mut c = Smtp::open(addr);
-    assert!(c.cmd("EHLO test.example").starts_with("250"));
-    let r = c.cmd("MAIL FROM:<sender@test.example>");
-    if !r.starts_with("250") {
-        return r;
-    }
-    let r = c.cmd(&format!("RCPT TO:<{to}>"));
-    if !r.starts_with("250") {
-        return r;
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(msg.as_bytes());
-    c.send(b"\r\n.\r\n");
-    let r = c.reply();
-    c.cmd("QUIT");
-    r
+    send_from(addr, "sender@test.example", to, msg)
 }
 
 /// One transaction captured by `tests/py/relay.py`.

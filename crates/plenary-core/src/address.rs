@@ -42,32 +42,11 @@ impl ListAddress {
     /// Validate and normalise (lower-case) a list address.
     pub fn parse(input: &str) -> Result<ListAddress, AddressError> {
         let s = input.trim().to_ascii_lowercase();
-        if s.is_empty() {
-            return Err(AddressError::Empty);
-        }
-        if s.len() > MAX_ADDRESS_LEN {
-            return Err(AddressError::TooLong);
-        }
-        let mut it = s.split('@');
-        let (Some(local), Some(domain), None) = (it.next(), it.next(), it.next()) else {
-            return Err(AddressError::NotOneAt);
-        };
-        if local.is_empty()
-            || local.len() > MAX_LOCAL_LEN
-            || local.starts_with('.')
-            || local.ends_with('.')
-            || local.contains("..")
-            || !local
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        {
-            return Err(AddressError::BadLocal);
-        }
+        let (local, _) = split_checked(&s, |b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+        })?;
         if SUFFIXES.iter().any(|suf| local.ends_with(suf)) {
             return Err(AddressError::ReservedSuffix);
-        }
-        if !valid_domain(domain) {
-            return Err(AddressError::BadDomain);
         }
         Ok(ListAddress(s))
     }
@@ -154,6 +133,34 @@ impl ListAddress {
     }
 }
 
+/// The checks both address kinds share: length, exactly one `@`, a dot-atom local part of
+/// `local_ok` bytes, a valid domain. Returns (local, domain).
+fn split_checked(s: &str, local_ok: impl Fn(u8) -> bool) -> Result<(&str, &str), AddressError> {
+    if s.is_empty() {
+        return Err(AddressError::Empty);
+    }
+    if s.len() > MAX_ADDRESS_LEN {
+        return Err(AddressError::TooLong);
+    }
+    let mut it = s.split('@');
+    let (Some(local), Some(domain), None) = (it.next(), it.next(), it.next()) else {
+        return Err(AddressError::NotOneAt);
+    };
+    if local.is_empty()
+        || local.len() > MAX_LOCAL_LEN
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+        || !local.bytes().all(local_ok)
+    {
+        return Err(AddressError::BadLocal);
+    }
+    if !valid_domain(domain) {
+        return Err(AddressError::BadDomain);
+    }
+    Ok((local, domain))
+}
+
 fn valid_domain(domain: &str) -> bool {
     !domain.is_empty()
         && domain.len() <= 253
@@ -205,30 +212,9 @@ impl MemberAddress {
             .trim_start_matches('<')
             .trim_end_matches('>')
             .to_ascii_lowercase();
-        if s.is_empty() {
-            return Err(AddressError::Empty);
-        }
-        if s.len() > MAX_ADDRESS_LEN {
-            return Err(AddressError::TooLong);
-        }
-        let mut it = s.split('@');
-        let (Some(local), Some(domain), None) = (it.next(), it.next(), it.next()) else {
-            return Err(AddressError::NotOneAt);
-        };
-        if local.is_empty()
-            || local.len() > MAX_LOCAL_LEN
-            || local.starts_with('.')
-            || local.ends_with('.')
-            || local.contains("..")
-            || !local
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b))
-        {
-            return Err(AddressError::BadLocal);
-        }
-        if !valid_domain(domain) {
-            return Err(AddressError::BadDomain);
-        }
+        split_checked(&s, |b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~.-".contains(&b)
+        })?;
         Ok(MemberAddress(s))
     }
 

@@ -112,6 +112,13 @@ struct Copy {
     bytes: Vec<u8>,
 }
 
+/// The next stretch of a job's walk.
+struct Next {
+    rcpts: Vec<(MemberAddress, Option<String>, usize)>,
+    /// Where the walk got to: the cursor to save once `rcpts` are handed over.
+    cursor: Option<String>,
+}
+
 /// What one job sends, prepared once.
 struct JobPlan {
     list: ListRecord,
@@ -306,12 +313,9 @@ impl Worker {
         Ok(Some(JobPlan { list, prepared, author }))
     }
 
-    /// The next recipients of a job after its cursor: (address, one-click token, variant).
-    fn next_recipients(
-        &self,
-        job: &FanoutJob,
-        plan: &JobPlan,
-    ) -> Result<Vec<(MemberAddress, Option<String>, usize)>, FanoutError> {
+    /// The next recipients of a job after its cursor: (address, one-click token, variant),
+    /// and how far the walk got (past members who take no copy, too).
+    fn next_recipients(&self, job: &FanoutJob, plan: &JobPlan) -> Result<Next, FanoutError> {
         let limit = self.settings.batch.max(1);
         let explicit = |to: &[MemberAddress]| {
             to.iter()
@@ -325,7 +329,9 @@ impl Worker {
                 let mut to = to.clone();
                 to.sort();
                 to.dedup();
-                Ok(explicit(&to))
+                let rcpts = explicit(&to);
+                let cursor = rcpts.last().map(|r| r.0.to_string()).or_else(|| job.cursor.clone());
+                Ok(Next { rcpts, cursor })
             }
             JobKind::Post { .. } | JobKind::Digest { .. } => {
                 let digest = matches!(job.what, JobKind::Digest { .. });
@@ -346,19 +352,7 @@ impl Worker {
                         break;
                     }
                 }
-                // The cursor must reach past skipped members too: carry it in a sentinel.
-                if out.is_empty() {
-                    if let Some(c) = cursor {
-                        if job.cursor.as_deref() != Some(c.as_str()) {
-                            return Ok(vec![(
-                                MemberAddress::parse(&c).map_err(|e| FanoutError::Engine(e.to_string()))?,
-                                None,
-                                usize::MAX,
-                            )]);
-                        }
-                    }
-                }
-                Ok(out)
+                Ok(Next { rcpts: out, cursor })
             }
         }
     }
@@ -582,23 +576,22 @@ impl Worker {
             }
             return Ok(0);
         }
-        let rcpts = self.next_recipients(&job, &plan)?;
+        let Next { rcpts, cursor } = self.next_recipients(&job, &plan)?;
         if rcpts.is_empty() {
-            job.walked = true;
-            self.store.apply(vec![Write::PutJob(job)])?;
+            if cursor == job.cursor {
+                job.walked = true;
+                self.store.apply(vec![Write::PutJob(job)])?;
+            } else {
+                // Only members who take no copy in this stretch: move the cursor on.
+                job.cursor = cursor;
+                self.store.apply_with(vec![Write::PutJob(job)], false)?;
+            }
             return Ok(0);
         }
-        if rcpts.len() == 1 && rcpts[0].2 == usize::MAX {
-            // Only skipped members in this stretch: move the cursor on.
-            job.cursor = Some(rcpts[0].0.to_string());
-            self.store.apply_with(vec![Write::PutJob(job)], false)?;
-            return Ok(0);
-        }
-        let last = rcpts.last().map(|r| r.0.to_string());
         let started = Instant::now();
         let (n, results) = self.deliver(&plan, rcpts).await?;
         let (mut writes, delivered) = self.outcome_writes(&job, &plan.list, results, &HashMap::new())?;
-        job.cursor = last;
+        job.cursor = cursor;
         job.delivered += delivered;
         writes.push(Write::PutJob(job));
         self.store.apply(writes)?;
@@ -678,14 +671,17 @@ impl Worker {
         Ok(total)
     }
 
-    /// One pass over the queue. Returns how many copies were handed to the relay.
-    async fn step(self: &Arc<Self>, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<usize, FanoutError> {
+    /// One pass over the queue. Returns how many copies were handed to the relay, and
+    /// says whether a job was still being walked (more work is waiting right now).
+    async fn step(self: &Arc<Self>, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<(usize, bool), FanoutError> {
         let mut n = 0;
+        let mut walking = false;
         for job in self.store.jobs()? {
+            walking |= !job.walked;
             n += self.step_job(job, plans).await?;
         }
         n += self.step_retries(plans).await?;
-        Ok(n)
+        Ok((n, walking))
     }
 
     /// Run until `stop` turns true.
@@ -697,7 +693,7 @@ impl Worker {
                 return;
             }
             let busy = match self.step(&mut plans).await {
-                Ok(n) => n > 0 || self.store.jobs().map(|j| j.iter().any(|j| !j.walked)).unwrap_or(false),
+                Ok((n, walking)) => n > 0 || walking,
                 Err(FanoutError::Store(e)) if self.store.has_failed() => {
                     tracing::error!(error = %e, "fan-out stops: the store failed");
                     return;

@@ -254,6 +254,16 @@ impl Engine {
         })
     }
 
+    /// A pending action that expires after `ttl_multiple` times the token lifetime.
+    fn pending(&self, action: PendingAction, ttl_multiple: i64) -> Pending {
+        let t = now();
+        Pending {
+            action,
+            created: t,
+            expires: t + ttl_multiple * self.settings.token_ttl.as_secs() as i64,
+        }
+    }
+
     fn base(&self) -> &str {
         self.settings.base_url.trim_end_matches('/')
     }
@@ -285,18 +295,16 @@ impl Engine {
             return Err(EngineError::RateLimited);
         }
         let tok = token::new_token();
-        let t = now();
-        let pending = Pending {
-            action: PendingAction::Subscribe {
+        let pending = self.pending(
+            PendingAction::Subscribe {
                 list: list.id,
                 address: addr.clone(),
                 name: notice::header_text(name, 100),
                 delivery,
                 via,
             },
-            created: t,
-            expires: t + self.settings.token_ttl.as_secs() as i64,
-        };
+            1,
+        );
         let body = format!(
             "Someone (hopefully you) asked to subscribe {addr} to the mailing list {list}.\n\n\
              To confirm, reply to this message (the reply goes to {reply}),\n\
@@ -342,15 +350,13 @@ impl Engine {
             return Err(EngineError::RateLimited);
         }
         let tok = token::new_token();
-        let t = now();
-        let pending = Pending {
-            action: PendingAction::Unsubscribe {
+        let pending = self.pending(
+            PendingAction::Unsubscribe {
                 list: list.id,
                 address: addr.clone(),
             },
-            created: t,
-            expires: t + self.settings.token_ttl.as_secs() as i64,
-        };
+            1,
+        );
         let body = format!(
             "Someone (hopefully you) asked to unsubscribe {addr} from {list}.\n\n\
              To confirm, reply to this message, or open this page and press the button:\n\n  {base}/confirm/{tok}\n\n\
@@ -410,22 +416,20 @@ impl Engine {
                 if list.settings.subscription == SubscriptionPolicy::Approve {
                     let owners = list.settings.owners.clone();
                     let approve_tok = token::new_token();
-                    let t = now();
                     let mut writes = vec![
                         Write::RemoveToken(tok.to_string()),
                         Write::PutToken(
                             approve_tok.clone(),
-                            Pending {
-                                action: PendingAction::ApproveSubscription {
+                            self.pending(
+                                PendingAction::ApproveSubscription {
                                     list: list.id,
                                     address: address.clone(),
                                     name,
                                     delivery,
                                     via,
                                 },
-                                created: t,
-                                expires: t + 4 * self.settings.token_ttl.as_secs() as i64,
-                            },
+                                4,
+                            ),
                         ),
                         Self::log(&list, &actor, "confirm", address.as_str(), "awaiting owner approval"),
                     ];
@@ -767,7 +771,6 @@ impl Engine {
                 }
             }
             let tok = token::new_token();
-            let t = now();
             let mut writes = Vec::new();
             if mods.is_empty() {
                 tracing::warn!(list = %list.address, held = h.id, "post held but the list has no owners or moderators; use `plenary moderate`");
@@ -787,14 +790,13 @@ impl Engine {
                 let raw_notice_subject = format!("{}: held post: {}", list.address, h.meta.subject);
                 writes.push(Write::PutToken(
                     tok.clone(),
-                    Pending {
-                        action: PendingAction::Moderate {
+                    self.pending(
+                        PendingAction::Moderate {
                             list: list.id,
                             held: h.id,
                         },
-                        created: t,
-                        expires: t + 4 * self.settings.token_ttl.as_secs() as i64,
-                    },
+                        4,
+                    ),
                 ));
                 for m in &mods {
                     writes.push(self.notice(
