@@ -150,7 +150,7 @@ pub fn base_subject(subject: &str) -> (String, bool) {
         let lower = s.to_lowercase();
         for (p, is_reply) in PREFIXES {
             let Some(after) = lower.strip_prefix(p) else { continue };
-            let mut rest = after.trim_start_matches(|c: char| c == '.' || c == ' ');
+            let mut rest = after.trim_start_matches(['.', ' ']);
             if let Some(r) = rest.strip_prefix('[') {
                 match r.find(']') {
                     Some(e) if r[..e].chars().all(|c| c.is_ascii_digit()) => rest = &r[e + 1..],
@@ -460,7 +460,7 @@ impl Threads {
                 }
             })
             .collect();
-        threads.sort_unstable_by(|a, b| (b.last, b.last_seq).cmp(&(a.last, a.last_seq)));
+        threads.sort_unstable_by_key(|t| std::cmp::Reverse((t.last, t.last_seq)));
         let pos = threads.iter().enumerate().map(|(i, t)| (t.id.0, i)).collect();
         View {
             top,
