@@ -110,15 +110,29 @@ fn replace_matches<'a>(text: &'a str, re: &Regex, f: impl Fn(&str) -> Option<Str
     Cow::Owned(out)
 }
 
-/// An attachment as the public may see it: name, type and size only.
+/// An attachment as the public may see it: name, type and size; its bytes come only from
+/// [`attachment`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PublicAttachment {
+    /// Position among the message's attachments (the download URL uses it).
+    index: usize,
     name: String,
     content_type: String,
     size: u64,
+    /// A raster image (PNG, JPEG, GIF, WebP) that pages may show inline.
+    inline_image: bool,
 }
 
+/// Types shown inline as images. Never SVG (it can carry script) or anything else.
+const RASTER: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
 impl PublicAttachment {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+    pub fn inline_image(&self) -> bool {
+        self.inline_image
+    }
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -176,6 +190,11 @@ pub struct PublicMessage {
     /// Allowlisted headers, decoded and redacted, in message order.
     headers: Vec<(String, String)>,
     body: String,
+    /// For HTML-only mail: the HTML, sanitised (no script, style, remote images or forms)
+    /// and with addresses obfuscated. Pages show it instead of `body`.
+    html: Option<String>,
+    /// The message's Content-Language, when it names one valid language tag.
+    lang: Option<String>,
     attachments: Vec<PublicAttachment>,
     /// True when the message is shown as raw text because it was not parsed.
     unparsed: bool,
@@ -214,6 +233,12 @@ impl PublicMessage {
     }
     pub fn body(&self) -> &str {
         &self.body
+    }
+    pub fn html(&self) -> Option<&str> {
+        self.html.as_deref()
+    }
+    pub fn lang(&self) -> Option<&str> {
+        self.lang.as_deref()
     }
     pub fn attachments(&self) -> &[PublicAttachment] {
         &self.attachments
@@ -332,7 +357,13 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
         .flatten()
     };
     let unparsed = parsed.is_none();
-    let (headers, body, attachments) = parsed.unwrap_or_else(|| {
+    let Rendered {
+        headers,
+        body,
+        html,
+        lang,
+        attachments,
+    } = parsed.unwrap_or_else(|| {
         // Keep only what follows the first blank line, so trace headers never show.
         let text = String::from_utf8_lossy(raw);
         let start = text
@@ -344,7 +375,13 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
             ("Subject".to_string(), summary.subject.clone()),
             ("Message-ID".to_string(), format!("<{}>", meta.message_id)),
         ];
-        (headers, text[start..].to_string(), Vec::new())
+        Rendered {
+            headers,
+            body: text[start..].to_string(),
+            html: None,
+            lang: None,
+            attachments: Vec::new(),
+        }
     });
     let body = cap(redact_text(&body, policy).into_owned());
     Some(PublicMessage {
@@ -353,12 +390,83 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
         references: meta.references.clone(),
         headers,
         body,
+        html,
+        lang,
         attachments,
         unparsed,
     })
 }
 
-type Rendered = (Vec<(String, String)>, String, Vec<PublicAttachment>);
+struct Rendered {
+    headers: Vec<(String, String)>,
+    body: String,
+    html: Option<String>,
+    lang: Option<String>,
+    attachments: Vec<PublicAttachment>,
+}
+
+/// Undo RFC 3676 `format=flowed`: a line ending in a space continues on the next line of
+/// the same quote depth; `delsp=yes` drops that space; a leading space is stuffing.
+pub fn unflow(text: &str, delsp: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<usize> = None; // quote depth of a paragraph still being joined
+    for raw in text.split('\n') {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let depth = line.bytes().take_while(|&b| b == b'>').count();
+        let mut content = &line[depth..];
+        content = content.strip_prefix(' ').unwrap_or(content);
+        let is_sig = content == "-- ";
+        if let Some(d) = open {
+            if d != depth || is_sig {
+                out.push('\n');
+                open = None;
+            }
+        }
+        if open.is_none() && depth > 0 {
+            out.push_str(&">".repeat(depth));
+            out.push(' ');
+        }
+        let soft = content.ends_with(' ') && !is_sig;
+        if soft {
+            out.push_str(if delsp { &content[..content.len() - 1] } else { content });
+            open = Some(depth);
+        } else {
+            out.push_str(content);
+            out.push('\n');
+            open = None;
+        }
+    }
+    if open.is_some() {
+        out.push('\n');
+    }
+    // `split` yields one empty piece after a final newline: do not add a line for it.
+    if text.ends_with('\n') && out.ends_with("\n\n") {
+        out.pop();
+    }
+    out
+}
+
+/// Sanitise HTML-only mail for display: only structural and text tags, links to http(s)
+/// and mailto with `rel="nofollow noopener noreferrer ugc"`, no images (remote images are
+/// tracking beacons), no style, no forms; then obfuscate addresses in what is left.
+fn sanitize_html(html: &str, policy: &Policy) -> String {
+    let clean = ammonia::Builder::default()
+        .rm_tags(["img"])
+        .url_schemes(["http", "https", "mailto"].into_iter().collect())
+        .link_rel(Some("nofollow noopener noreferrer ugc"))
+        .url_relative(ammonia::UrlRelative::Deny)
+        .clean(html)
+        .to_string();
+    redact_text(&clean, policy).into_owned()
+}
+
+fn language_tag(v: &str) -> Option<String> {
+    let t = v.split(',').next()?.trim();
+    let ok = (2..=35).contains(&t.len())
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && t.bytes().take_while(|b| b.is_ascii_alphabetic()).count() >= 2;
+    ok.then(|| t.to_ascii_lowercase())
+}
 
 /// The parsed view: allowlisted headers, text body and attachment list.
 fn render_parsed(
@@ -388,33 +496,85 @@ fn render_parsed(
     if !meta.references.is_empty() {
         headers.push(("References".to_string(), ids(&meta.references)));
     }
-    let body = (0..msg.text_body_count())
-        .filter_map(|i| msg.body_text(i))
-        .map(|t| t.into_owned())
-        .collect::<Vec<_>>()
-        .join("\n\n");
+    let mut texts = Vec::new();
+    let mut html_only = msg.text_body_count() > 0;
+    for (i, &pid) in msg.text_body.iter().enumerate() {
+        let Some(part) = msg.part(pid) else { continue };
+        let ct = part.content_type();
+        let attr = |name: &str| ct.and_then(|c| c.attribute(name)).map(|v| v.to_ascii_lowercase());
+        html_only &= part.is_text_html();
+        let Some(text) = msg.body_text(i) else { continue };
+        if !part.is_text_html() && attr("format").as_deref() == Some("flowed") {
+            texts.push(unflow(&text, attr("delsp").as_deref() == Some("yes")));
+        } else {
+            texts.push(text.into_owned());
+        }
+    }
+    let body = texts.join("\n\n");
+    let html = if html_only {
+        msg.body_html(0).map(|h| sanitize_html(&h, policy))
+    } else {
+        None
+    };
+    let lang = match msg.header(mail_parser::HeaderName::ContentLanguage) {
+        Some(mail_parser::HeaderValue::Text(t)) => language_tag(t),
+        Some(mail_parser::HeaderValue::TextList(l)) => l.first().and_then(|t| language_tag(t)),
+        _ => None,
+    };
     let attachments = msg
         .attachments()
-        .map(|part| {
-            let name = part
-                .attachment_name()
-                .map(one_line)
-                .unwrap_or_else(|| "(unnamed)".to_string());
-            let content_type = part
-                .content_type()
-                .map(|ct| match ct.subtype() {
-                    Some(sub) => format!("{}/{}", ct.ctype(), sub),
-                    None => ct.ctype().to_string(),
-                })
-                .unwrap_or_else(|| "application/octet-stream".to_string());
-            PublicAttachment {
-                name: redact_text(&name, policy).into_owned(),
-                content_type: one_line(&content_type).to_ascii_lowercase(),
-                size: part.len() as u64,
-            }
-        })
+        .enumerate()
+        .map(|(index, part)| public_attachment(index, part, policy))
         .collect();
-    (headers, body, attachments)
+    Rendered {
+        headers,
+        body,
+        html,
+        lang,
+        attachments,
+    }
+}
+
+fn public_attachment(index: usize, part: &mail_parser::MessagePart<'_>, policy: &Policy) -> PublicAttachment {
+    let name = part
+        .attachment_name()
+        .map(one_line)
+        .unwrap_or_else(|| "(unnamed)".to_string());
+    let content_type = part
+        .content_type()
+        .map(|ct| match ct.subtype() {
+            Some(sub) => format!("{}/{}", ct.ctype(), sub),
+            None => ct.ctype().to_string(),
+        })
+        .unwrap_or_else(|| "application/octet-stream".to_string());
+    let content_type = one_line(&content_type).to_ascii_lowercase();
+    PublicAttachment {
+        index,
+        name: redact_text(&name, policy).into_owned(),
+        inline_image: RASTER.contains(&content_type.as_str()),
+        content_type,
+        size: part.len() as u64,
+    }
+}
+
+/// The bytes of attachment `index` of a public message, with what the public may see of it.
+/// `None` when the message is not public, cannot be parsed, or has no such attachment.
+pub fn attachment(
+    meta: &MessageMeta,
+    raw: &[u8],
+    policy: &Policy,
+    index: usize,
+) -> Option<(PublicAttachment, Vec<u8>)> {
+    if meta.no_archive || meta.unparsed.is_some() {
+        return None;
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let msg = MessageParser::default().parse(raw)?;
+        let part = msg.attachments().nth(index)?;
+        Some((public_attachment(index, part, policy), part.contents().to_vec()))
+    }))
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]
@@ -490,5 +650,59 @@ mod tests {
         assert_eq!(m.attachments().len(), 1);
         assert_eq!(m.attachments()[0].content_type(), "application/pdf");
         assert!(!m.attachments()[0].name().contains("ada@example.org"));
+    }
+
+    #[test]
+    fn format_flowed_is_joined() {
+        let t = "This is a long \r\nparagraph that \r\nflows.\r\n> quoted \r\n> part\r\nFixed line\r\n-- \r\nsig\r\n";
+        assert_eq!(
+            unflow(t, false),
+            "This is a long paragraph that flows.\n> quoted part\nFixed line\n-- \nsig\n"
+        );
+        assert_eq!(unflow("Ein lan \r\ng Wort\r\n", true), "Ein lang Wort\n");
+        let raw = b"Content-Type: text/plain; charset=utf-8; format=flowed\r\n\r\nOne \r\nline.\r\n";
+        let m = redact(KEY, &meta(raw), raw, &policy()).expect("public");
+        assert_eq!(m.body().trim_end(), "One line.");
+    }
+
+    #[test]
+    fn html_only_mail_is_sanitised_and_redacted() {
+        let raw = b"Content-Type: text/html\r\nContent-Language: fr\r\n\r\n<style>p{color:red}</style><p style=\"x\" onclick=\"alert(1)\">Bonjour <a href=\"javascript:alert(1)\">x</a> <a href=\"https://example.org/\">site</a> <img src=\"https://tracker.example/p.gif\"> ada@example.org<script>alert(2)</script><form action=x><input></form></p>";
+        let m = redact(KEY, &meta(raw), raw, &policy()).expect("public");
+        let h = m.html().expect("html-only mail keeps sanitised HTML");
+        for bad in [
+            "<script",
+            "onclick",
+            "javascript:",
+            "<img",
+            "tracker.example",
+            "<style",
+            "style=",
+            "<form",
+            "<input",
+            "ada@example.org",
+        ] {
+            assert!(!h.contains(bad), "{bad} survived in {h}");
+        }
+        assert!(h.contains("Bonjour"));
+        assert!(h.contains("rel=\"nofollow noopener noreferrer ugc\""));
+        assert_eq!(m.lang(), Some("fr"));
+        let raw = b"Content-Type: text/plain\r\n\r\n<b>not html</b>";
+        assert_eq!(redact(KEY, &meta(raw), raw, &policy()).expect("public").html(), None);
+    }
+
+    #[test]
+    fn attachment_bytes_and_inline_images() {
+        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee\r\n--b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"a.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n--b\r\nContent-Type: image/svg+xml\r\nContent-Disposition: attachment; filename=\"x.svg\"\r\n\r\n<svg onload=alert(1)/>\r\n--b--\r\n";
+        let m = redact(KEY, &meta(raw), raw, &policy()).expect("public");
+        assert_eq!(m.attachments().len(), 2);
+        assert!(m.attachments()[0].inline_image());
+        assert!(!m.attachments()[1].inline_image(), "SVG is never an inline image");
+        let (a, bytes) = attachment(&meta(raw), raw, &policy(), 0).expect("attachment 0");
+        assert_eq!(a.name(), "a.png");
+        assert_eq!(bytes, b"\x89PNG\r\n\x1a\n");
+        assert!(attachment(&meta(raw), raw, &policy(), 2).is_none());
+        let hidden = b"X-No-Archive: yes\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/pdf\r\n\r\nx\r\n--b--\r\n";
+        assert!(attachment(&meta(hidden), hidden, &policy(), 0).is_none());
     }
 }
