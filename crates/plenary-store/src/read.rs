@@ -172,6 +172,76 @@ impl Store {
         Ok(out)
     }
 
+    /// Stored messages of a list with sequence numbers above `after`, in order, at most
+    /// `limit` (the thread views catch up with this).
+    pub fn messages_after(&self, list: ListId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let lo = MessageKey {
+            list,
+            seq: after.saturating_add(1),
+        }
+        .to_bytes();
+        let hi = MessageKey { list, seq: u64::MAX }.to_bytes();
+        let mut out = Vec::new();
+        for kv in self.trees().messages.range(lo..=hi).take(limit) {
+            let (k, v) = kv?;
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt(format!("{k:?}"), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Highest sequence number stored for a list (0 if none).
+    pub fn last_seq(&self, list: ListId) -> Result<u64, StoreError> {
+        let lo = MessageKey { list, seq: 0 }.to_bytes();
+        let hi = MessageKey { list, seq: u64::MAX }.to_bytes();
+        match self.trees().messages.range(lo..=hi).next_back() {
+            Some(kv) => Ok(MessageKey::from_bytes(&kv?.0).map(|k| k.seq).unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// The archived messages just before and just after `key` in date order.
+    pub fn date_neighbours(
+        &self,
+        key: MessageKey,
+        date: i64,
+    ) -> Result<(Option<MessageKey>, Option<MessageKey>), StoreError> {
+        let at = keys::by_date(key, date);
+        let lo = keys::by_date(MessageKey { list: key.list, seq: 0 }, i64::MIN);
+        let hi = keys::by_date(
+            MessageKey {
+                list: key.list,
+                seq: u64::MAX,
+            },
+            i64::MAX,
+        );
+        let t = &self.trees().by_date;
+        let prev = match t.range(lo..at).next_back() {
+            Some(kv) => keys::by_date_decode(&kv?.0).map(|(k, _)| k),
+            None => None,
+        };
+        let next = match t.range(at..=hi).find(|kv| kv.as_ref().map(|(k, _)| k.as_ref() != at).unwrap_or(true)) {
+            Some(kv) => keys::by_date_decode(&kv?.0).map(|(k, _)| k),
+            None => None,
+        };
+        Ok((prev, next))
+    }
+
+    /// A random secret kept in the database, made on first use (keys the author pages'
+    /// URLs, so they do not reveal a hash of the address that can be checked by guessing).
+    pub fn site_secret(&self) -> Result<[u8; 32], StoreError> {
+        let meta = &self.trees().meta;
+        if let Some(v) = meta.get(b"site_secret")? {
+            if let Ok(s) = <[u8; 32]>::try_from(v.as_ref()) {
+                return Ok(s);
+            }
+        }
+        let fresh: [u8; 32] = rand::random();
+        let _ = meta.compare_and_swap(b"site_secret", None as Option<&[u8]>, Some(&fresh[..]))?;
+        self.sync()?;
+        let v = meta.get(b"site_secret")?.ok_or_else(|| corrupt("site_secret", "missing after write"))?;
+        <[u8; 32]>::try_from(v.as_ref()).map_err(|e| corrupt("site_secret", e))
+    }
+
     /// Every stored message, in key order (for index rebuilds and checks).
     pub fn all_messages(&self) -> impl Iterator<Item = Result<StoredMessage, StoreError>> + '_ {
         self.trees().messages.iter().map(|kv| {

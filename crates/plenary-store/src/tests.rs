@@ -1,6 +1,6 @@
 use super::*;
 use plenary_core::meta::Fallback;
-use plenary_core::{ListAddress, MessageMeta, Origin, RecipientKind};
+use plenary_core::{ListAddress, MessageKey, MessageMeta, Origin, RecipientKind};
 
 fn settings(dir: &std::path::Path) -> StoreSettings {
     let mut s = StoreSettings::new(dir);
@@ -127,4 +127,46 @@ async fn no_archive_is_stored_but_not_listed_or_queued() {
     assert_eq!(store.recent(list.id, 10).expect("recent").len(), 0);
     assert_eq!(store.index_pending_len(), 0);
     assert_eq!(store.archived_count(list.id).expect("count"), 0);
+}
+
+#[tokio::test]
+async fn readers_for_the_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let a = store
+        .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
+        .expect("create");
+    let b = store
+        .create_list(&ListAddress::parse("b@x.org").expect("addr"), "B", "")
+        .expect("create");
+    assert_eq!(store.last_seq(a.id).expect("last"), 0);
+    // Dates out of arrival order: seq 1 is the middle one.
+    for (i, day) in [(1, 2), (2, 1), (3, 3)] {
+        let raw = format!("Message-ID: <m{i}@x>\r\nDate: {day} Jul 2025 10:00:00 +0000\r\n\r\nbody\r\n");
+        store
+            .ingest(req(a.id, raw.as_bytes(), RecipientKind::Post))
+            .await
+            .expect("ingest");
+    }
+    store
+        .ingest(req(b.id, b"Message-ID: <other@x>\r\n\r\nb\r\n", RecipientKind::Post))
+        .await
+        .expect("ingest");
+    assert_eq!(store.last_seq(a.id).expect("last"), 3);
+    assert_eq!(store.last_seq(b.id).expect("last"), 1);
+    let after: Vec<u64> = store
+        .messages_after(a.id, 1, 10)
+        .expect("after")
+        .iter()
+        .map(|m| m.key.seq)
+        .collect();
+    assert_eq!(after, vec![2, 3], "only this list's, only later ones");
+    let m1 = store.message(MessageKey { list: a.id, seq: 1 }).expect("read").expect("m1");
+    let (prev, next) = store.date_neighbours(m1.key, m1.meta.date).expect("neighbours");
+    assert_eq!(prev.map(|k| k.seq), Some(2));
+    assert_eq!(next.map(|k| k.seq), Some(3));
+    let m3 = store.message(MessageKey { list: a.id, seq: 3 }).expect("read").expect("m3");
+    assert_eq!(store.date_neighbours(m3.key, m3.meta.date).expect("n").1, None, "no next across lists");
+    let s = store.site_secret().expect("secret");
+    assert_eq!(store.site_secret().expect("secret"), s, "stable");
 }
