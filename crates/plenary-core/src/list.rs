@@ -62,6 +62,90 @@ pub enum DmarcMode {
     Always,
 }
 
+/// Who may read a list's archive on the web.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveVisibility {
+    /// Public, and search engines are welcome.
+    #[default]
+    Public,
+    /// Public, but pages ask search engines not to index them (`noindex`, robots.txt).
+    NoIndex,
+    /// Not on the public web at all: no pages, feeds, downloads or search results.
+    Private,
+}
+
+/// The language a list is mostly written in: chooses stemming and tokenising for search,
+/// and the `lang` of its messages on pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    #[default]
+    English,
+    French,
+    Spanish,
+    Portuguese,
+    Russian,
+    Arabic,
+    German,
+    /// Chinese, Japanese and other scripts without spaces: split into overlapping pairs of
+    /// characters (bigrams), no stemming.
+    Chinese,
+    /// Any other language: words lower-cased and accents folded, no stemming.
+    Other,
+}
+
+impl Language {
+    pub const ALL: [Language; 9] = [
+        Language::English,
+        Language::French,
+        Language::Spanish,
+        Language::Portuguese,
+        Language::Russian,
+        Language::Arabic,
+        Language::German,
+        Language::Chinese,
+        Language::Other,
+    ];
+
+    /// The setting's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::English => "english",
+            Language::French => "french",
+            Language::Spanish => "spanish",
+            Language::Portuguese => "portuguese",
+            Language::Russian => "russian",
+            Language::Arabic => "arabic",
+            Language::German => "german",
+            Language::Chinese => "chinese",
+            Language::Other => "other",
+        }
+    }
+
+    /// BCP 47 tag for `lang` attributes (none for `Other`).
+    pub fn tag(self) -> Option<&'static str> {
+        Some(match self {
+            Language::English => "en",
+            Language::French => "fr",
+            Language::Spanish => "es",
+            Language::Portuguese => "pt",
+            Language::Russian => "ru",
+            Language::Arabic => "ar",
+            Language::German => "de",
+            Language::Chinese => "zh",
+            Language::Other => return None,
+        })
+    }
+
+    pub fn parse(s: &str) -> Option<Language> {
+        let s = s.to_ascii_lowercase();
+        Language::ALL
+            .into_iter()
+            .find(|l| l.name() == s || l.tag() == Some(s.as_str()))
+    }
+}
+
 /// Per-list settings, stored with the list record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -84,6 +168,10 @@ pub struct ListSettings {
     pub digest_size: u32,
     /// Bounce score at which delivery to a member is disabled.
     pub bounce_threshold: u32,
+    /// Who may read the archive on the web.
+    pub archive: ArchiveVisibility,
+    /// Main language of the list (search stemming, `lang` of messages).
+    pub language: Language,
 }
 
 impl Default for ListSettings {
@@ -100,6 +188,8 @@ impl Default for ListSettings {
             moderators: Vec::new(),
             digest_size: 30,
             bounce_threshold: 5,
+            archive: ArchiveVisibility::Public,
+            language: Language::English,
         }
     }
 }
@@ -205,10 +295,27 @@ impl ListSettings {
                     .filter(|n| (1..=100).contains(n))
                     .ok_or_else(|| format!("{key}: expected a number from 1 to 100"))?
             }
+            "archive" => {
+                self.archive = pick(
+                    key,
+                    value,
+                    &[
+                        ("public", ArchiveVisibility::Public),
+                        ("noindex", ArchiveVisibility::NoIndex),
+                        ("private", ArchiveVisibility::Private),
+                    ],
+                )?
+            }
+            "language" => {
+                self.language = Language::parse(value).ok_or_else(|| {
+                    let names: Vec<&str> = Language::ALL.iter().map(|l| l.name()).collect();
+                    format!("{key}: {value:?} is not one of {}", names.join(", "))
+                })?
+            }
             _ => {
                 return Err(format!(
                     "unknown list setting {key:?} (subscription, posting, nonmember, dmarc, always_munge, \
-                     subject_prefix, footer, owners, moderators, digest_size, bounce_threshold)"
+                     subject_prefix, footer, owners, moderators, digest_size, bounce_threshold, archive, language)"
                 ))
             }
         }

@@ -1,6 +1,8 @@
 //! The single owner of the `IndexWriter`.
 
+use crate::schema::Fields;
 use crate::{IndexError, SearchIndex};
+use plenary_core::list::Language;
 use plenary_core::{ListId, MessageKey};
 use plenary_redact::Policy;
 use plenary_store::Store;
@@ -54,7 +56,8 @@ pub struct Indexer {
     /// indexing thread and memory arena back (a list server is idle most of the time).
     writer: Option<IndexWriter<TantivyDocument>>,
     settings: IndexerSettings,
-    policies: HashMap<ListId, Option<Policy>>,
+    /// Redaction policy and language per list (a language change needs `plenary index rebuild`).
+    policies: HashMap<ListId, Option<(Policy, Language)>>,
 }
 
 impl Indexer {
@@ -95,14 +98,14 @@ impl Indexer {
         }
     }
 
-    fn policy(&mut self, list: ListId) -> Result<Option<Policy>, IndexError> {
+    fn policy(&mut self, list: ListId) -> Result<Option<(Policy, Language)>, IndexError> {
         if let Some(p) = self.policies.get(&list) {
             return Ok(p.clone());
         }
         let p = self
             .store
             .list_by_id(list)?
-            .map(|l| Policy::for_list(l.address.as_str()));
+            .map(|l| (Policy::for_list(l.address.as_str()), l.settings.language));
         self.policies.insert(list, p.clone());
         Ok(p)
     }
@@ -152,7 +155,10 @@ impl Indexer {
             let Some(stored) = self.store.message(*key)? else {
                 continue;
             };
-            let Some(policy) = self.policy(key.list)? else { continue };
+            let Some((policy, lang)) = self.policy(key.list)? else {
+                continue;
+            };
+            let li = Fields::lang_index(lang);
             let raw = self.store.raw(&stored)?;
             let Some(public) = plenary_redact::redact(*key, &stored.meta, &raw, &policy) else {
                 continue;
@@ -162,13 +168,19 @@ impl Indexer {
             doc.add_u64(f.list, u64::from(key.list.0));
             doc.add_i64(f.date, public.date());
             doc.add_text(f.message_id, public.message_id());
-            doc.add_text(f.subject, public.subject());
+            doc.add_u64(f.lang, li as u64);
+            doc.add_text(f.subject[li], public.subject());
             let from = match public.author_address() {
                 Some(a) if a != public.author() => format!("{} {}", public.author(), a),
                 _ => public.author().to_string(),
             };
             doc.add_text(f.from, &from);
-            doc.add_text(f.body, public.body());
+            doc.add_text(f.body[li], public.body());
+            for (name, value) in public.headers() {
+                if name == "To" || name == "Cc" {
+                    doc.add_text(f.to, value);
+                }
+            }
             for a in public.attachments() {
                 doc.add_text(f.attachment, a.name());
             }
@@ -248,6 +260,7 @@ mod tests {
     use crate::{QueryLimits, SearchRequest};
     use plenary_core::meta::Fallback;
     use plenary_core::{ListAddress, MessageMeta, Origin};
+
     use plenary_store::{IngestRequest, StoreSettings};
 
     async fn put(store: &Store, list: ListId, raw: &str) {
@@ -292,9 +305,17 @@ mod tests {
         assert_eq!(ix.step().expect("step"), 2);
         assert_eq!(store.index_pending_len(), 0);
         search.reload().expect("reload");
+        let scopes = vec![crate::ListScope {
+            id: list.id,
+            address: "gov@x.org".into(),
+            language: Language::English,
+            public: true,
+        }];
         let req = |q: &str| SearchRequest {
             query: q.into(),
             list: Some(list.id),
+            lists: scopes.clone(),
+            sort: crate::Sort::Relevance,
             offset: 0,
             limit: 10,
         };
@@ -314,17 +335,13 @@ mod tests {
         assert_eq!(search.num_docs(), 2);
         // A crashed batch is retried alone, then quarantined.
         let other = SearchRequest {
-            query: "charter".into(),
             list: Some(ListId(99)),
-            offset: 0,
-            limit: 10,
+            ..req("charter")
         };
         assert_eq!(search.search(&other).expect("search").total, 0);
         let deep = SearchRequest {
-            query: format!("{}a{}", "(".repeat(2000), ")".repeat(2000)),
             list: None,
-            offset: 0,
-            limit: 10,
+            ..req(&format!("{}a{}", "(".repeat(2000), ")".repeat(2000)))
         };
         assert!(matches!(search.search(&deep), Err(IndexError::Query(_))));
     }
@@ -364,5 +381,115 @@ mod tests {
         // An explicit rebuild clears the quarantine and tries again.
         assert_eq!(store.index_requeue_all(true).expect("requeue"), 3);
         assert!(store.index_quarantined().expect("q").is_empty());
+    }
+
+    #[tokio::test]
+    async fn languages_prefixes_dates_and_visibility() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = StoreSettings::new(dir.path());
+        s.min_free_bytes = 0;
+        let store = Store::open(s).expect("store");
+        let mut scopes = Vec::new();
+        let mut ids = Vec::new();
+        for (addr, lang, public) in [
+            ("en@x.org", Language::English, true),
+            ("fr@x.org", Language::French, true),
+            ("ru@x.org", Language::Russian, true),
+            ("zh@x.org", Language::Chinese, true),
+            ("ar@x.org", Language::Arabic, true),
+            ("es@x.org", Language::Spanish, true),
+            ("pt@x.org", Language::Portuguese, true),
+            ("secret@x.org", Language::English, false),
+        ] {
+            let l = store
+                .create_list(&ListAddress::parse(addr).expect("addr"), "", "")
+                .expect("list");
+            let mut settings = l.settings.clone();
+            settings.language = lang;
+            store.set_list_settings(addr, settings).expect("settings");
+            scopes.push(crate::ListScope {
+                id: l.id,
+                address: addr.into(),
+                language: lang,
+                public,
+            });
+            ids.push(l.id);
+        }
+        let msgs = [
+            (0, "From: Ada <ada@example.org>\r\nTo: Governance WG <wg@example.org>\r\nSubject: Running the meetings\r\nDate: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <en1@x>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nWe ran three meetings about connectivity.\r\n--b\r\nContent-Type: application/pdf; name=budget-2024.pdf\r\nContent-Disposition: attachment; filename=budget-2024.pdf\r\n\r\nx\r\n--b--\r\n"),
+            (0, "From: Bob <bob@example.org>\r\nSubject: Other topic\r\nDate: Mon, 5 Aug 2024 10:00:00 +0000\r\nMessage-ID: <en2@x>\r\n\r\nA meeting in August.\r\n"),
+            (1, "From: Chloé <c@example.fr>\r\nSubject: Les gouvernements\r\nDate: Tue, 6 Feb 2024 10:00:00 +0000\r\nMessage-ID: <fr1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLes gouvernements ont publié leurs réponses.\r\n"),
+            (2, "From: Ivan <i@example.ru>\r\nSubject: =?utf-8?b?0J/RgNCw0LLQuNGC0LXQu9GM0YHRgtCy0LA=?=\r\nDate: Tue, 6 Feb 2024 10:00:00 +0000\r\nMessage-ID: <ru1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nПравительства обсуждали стандарты.\r\n"),
+            (3, "From: Li <l@example.cn>\r\nSubject: =?utf-8?b?5LqS6IGU572R5rK755CG?=\r\nDate: Tue, 6 Feb 2024 10:00:00 +0000\r\nMessage-ID: <zh1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n我们讨论了互联网治理和开放标准。\r\n"),
+            (4, "From: Amal <a@example.eg>\r\nSubject: test\r\nDate: Tue, 6 Feb 2024 10:00:00 +0000\r\nMessage-ID: <ar1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nناقشت الحكومات المعايير المفتوحة\r\n"),
+            (5, "From: Ana <ana@example.es>\r\nSubject: Las organizaciones\r\nDate: Tue, 6 Feb 2024 10:00:00 +0000\r\nMessage-ID: <es1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nLas organizaciones participaron.\r\n"),
+            (6, "From: João <j@example.br>\r\nSubject: As organizações\r\nDate: Tue, 6 Feb 2024 10:00:00 +0000\r\nMessage-ID: <pt1@x>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nAs organizações participaram das reuniões.\r\n"),
+            (7, "From: Eve <eve@example.org>\r\nSubject: Running the meetings in secret\r\nDate: Mon, 5 Feb 2024 10:00:00 +0000\r\nMessage-ID: <s1@x>\r\n\r\nmeetings\r\n"),
+        ];
+        for (i, raw) in msgs {
+            put(&store, ids[i], raw).await;
+        }
+        let (search, _) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
+        let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
+        assert_eq!(ix.step().expect("step"), msgs.len());
+        search.reload().expect("reload");
+        let run = |q: &str, list: Option<usize>| -> Vec<String> {
+            let r = search
+                .search(&SearchRequest {
+                    query: q.into(),
+                    list: list.map(|i| ids[i]),
+                    lists: scopes.clone(),
+                    sort: crate::Sort::Date,
+                    offset: 0,
+                    limit: 20,
+                })
+                .unwrap_or_else(|e| panic!("{q}: {e}"));
+            r.hits.into_iter().map(|h| h.message_id).collect()
+        };
+        // Stemming per list language, site-wide and scoped.
+        assert_eq!(
+            run("meeting", None),
+            vec!["en2@x", "en1@x"],
+            "English stems; the private list never shows"
+        );
+        assert_eq!(run("gouvernement", None), vec!["fr1@x"]);
+        assert_eq!(run("gouvernement", Some(1)), vec!["fr1@x"]);
+        assert_eq!(run("правительство", None), vec!["ru1@x"]);
+        assert_eq!(run("治理", None), vec!["zh1@x"], "Chinese by character pairs");
+        assert_eq!(run("互联网", Some(3)), vec!["zh1@x"]);
+        assert_eq!(run("الحكومة", None).len(), 1, "Arabic stemming");
+        assert_eq!(run("organización", None), vec!["es1@x"]);
+        assert_eq!(run("organização", None), vec!["pt1@x"]);
+        // Prefixes.
+        assert_eq!(run("s:meetings", None), vec!["en1@x"]);
+        assert_eq!(run("b:meeting -s:meetings", None), vec!["en2@x"]);
+        assert_eq!(run("from:ada", None), vec!["en1@x"]);
+        assert_eq!(run("to:governance", None), vec!["en1@x"]);
+        assert_eq!(run("attachment:budget", None), vec!["en1@x"]);
+        assert_eq!(run("list:fr@x.org gouvernements", None), vec!["fr1@x"]);
+        assert!(run("list:fr@x.org meeting", None).is_empty());
+        assert!(run("list:secret@x.org meetings", None).is_empty(), "not even by name");
+        // Dates.
+        assert_eq!(run("meeting date:2024-02", None), vec!["en1@x"]);
+        assert_eq!(run("meeting after:2024-03", None), vec!["en2@x"]);
+        assert_eq!(run("meeting before:2024-03-01", None), vec!["en1@x"]);
+        assert_eq!(run("date:2024-02..2024-02 list:en@x.org", None), vec!["en1@x"]);
+        // Boolean operators and phrases.
+        assert_eq!(run("connectivity OR august", Some(0)).len(), 2);
+        assert_eq!(run("meeting NOT connectivity", Some(0)), vec!["en2@x"]);
+        assert_eq!(run("\"three meetings\"", None), vec!["en1@x"]);
+        assert!(run("\"meetings three\"", None).is_empty());
+        // Friendly errors, never a panic.
+        for bad in ["AND", "OR OR", "date:2024-99", "list:nope@x.org a", "NOT"] {
+            let r = search.search(&SearchRequest {
+                query: bad.into(),
+                list: None,
+                lists: scopes.clone(),
+                sort: crate::Sort::Relevance,
+                offset: 0,
+                limit: 10,
+            });
+            assert!(matches!(r, Err(IndexError::Query(_))), "{bad}: {r:?}");
+        }
     }
 }

@@ -17,7 +17,7 @@ mod search;
 
 pub use indexer::{Indexer, IndexerSettings};
 pub use query::{QueryError, QueryLimits};
-pub use search::{Hit, SearchIndex, SearchRequest, SearchResults, SnippetPart};
+pub use search::{Hit, ListScope, SearchIndex, SearchRequest, SearchResults, SnippetPart, Sort};
 
 use std::path::PathBuf;
 

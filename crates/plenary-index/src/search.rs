@@ -1,22 +1,47 @@
 //! The read side of the index.
 
-use crate::query::{self, QueryLimits};
+use crate::query::{self, QueryError, QueryLimits, Target};
 use crate::schema::{self, Fields};
 use crate::IndexError;
+use plenary_core::list::Language;
 use plenary_core::{ListId, MessageKey};
+use std::ops::Bound;
 use std::path::Path;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
-use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, Value};
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{Index, IndexReader, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{DocAddress, Index, IndexReader, Order, ReloadPolicy, TantivyDocument, Term};
+
+/// How results are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    #[default]
+    Relevance,
+    /// Newest first.
+    Date,
+}
+
+/// A list as search sees it.
+#[derive(Debug, Clone)]
+pub struct ListScope {
+    pub id: ListId,
+    pub address: String,
+    pub language: Language,
+    /// False for lists whose archive is not public: never searched.
+    pub public: bool,
+}
 
 /// A search as the web layer asks for it.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
     pub query: String,
+    /// Search only this list (the search box on a list's pages).
     pub list: Option<ListId>,
+    /// Every list, so `list:` can name one and non-public ones stay out.
+    pub lists: Vec<ListScope>,
+    pub sort: Sort,
     pub offset: usize,
     pub limit: usize,
 }
@@ -69,6 +94,7 @@ impl SearchIndex {
             .unwrap_or(false);
         let open_existing = || -> Result<Index, tantivy::TantivyError> {
             let index = Index::open_in_dir(dir)?;
+            schema::register(index.tokenizers());
             if index.schema() != schema {
                 return Err(tantivy::TantivyError::SchemaError("schema differs".into()));
             }
@@ -96,16 +122,18 @@ impl SearchIndex {
                     path: dir.to_path_buf(),
                     source: e.into(),
                 })?;
-                let index = Index::create(mmap, schema, tantivy::IndexSettings::default()).map_err(|source| {
-                    IndexError::Open {
-                        path: dir.to_path_buf(),
-                        source,
-                    }
-                })?;
+                let index =
+                    Index::create(mmap, schema.clone(), tantivy::IndexSettings::default()).map_err(|source| {
+                        IndexError::Open {
+                            path: dir.to_path_buf(),
+                            source,
+                        }
+                    })?;
                 std::fs::write(&version_file, schema::SCHEMA_VERSION.to_string()).map_err(|e| IndexError::Io {
                     path: version_file.clone(),
                     source: e,
                 })?;
+                schema::register(index.tokenizers());
                 (index, true)
             }
         };
@@ -148,7 +176,6 @@ impl SearchIndex {
 
     /// Run a search. Query errors are for the user; other errors are internal.
     pub fn search(&self, req: &SearchRequest) -> Result<SearchResults, IndexError> {
-        query::check(&req.query, &self.limits)?;
         if req.offset > self.limits.max_offset {
             return Err(query::QueryError::OffsetTooLarge {
                 limit: self.limits.max_offset,
@@ -157,36 +184,131 @@ impl SearchIndex {
         }
         let limit = req.limit.clamp(1, self.limits.max_page_size);
         let f = self.fields;
-        let mut parser = QueryParser::for_index(&self.index, vec![f.subject, f.from, f.body, f.attachment]);
-        parser.set_conjunction_by_default();
-        parser.set_field_boost(f.subject, 2.0);
-        let (user_query, _errors) = parser.parse_query_lenient(&req.query);
-        let query: Box<dyn Query> = match req.list {
-            Some(list) => Box::new(BooleanQuery::new(vec![
-                (Occur::Must, user_query),
-                (
-                    Occur::Must,
-                    Box::new(TermQuery::new(
-                        Term::from_field_u64(f.list, u64::from(list.0)),
-                        IndexRecordOption::Basic,
-                    )),
-                ),
-            ])),
-            None => user_query,
+        // Which lists: the scope, narrowed by `list:`; never a non-public one.
+        let scope_lang = req
+            .list
+            .and_then(|id| req.lists.iter().find(|l| l.id == id))
+            .map(|l| l.language);
+        let langs: Vec<usize> = match scope_lang {
+            Some(l) => vec![crate::schema::Fields::lang_index(l)],
+            None => (0..Language::ALL.len()).collect(),
         };
+        let names = |fs: &[Field]| -> Vec<String> {
+            fs.iter()
+                .map(|x| self.index.schema().get_field_name(*x).to_string())
+                .collect()
+        };
+        let subject: Vec<Field> = langs.iter().map(|i| f.subject[*i]).collect();
+        let body: Vec<Field> = langs.iter().map(|i| f.body[*i]).collect();
+        let parsed = query::translate(&req.query, &self.limits, |t| match t {
+            Target::Subject => names(&subject),
+            Target::Body => names(&body),
+            Target::From => names(&[f.from]),
+            Target::To => names(&[f.to]),
+            Target::Attachment => names(&[f.attachment]),
+        })?;
+        let mut allowed: Vec<ListId> = req.lists.iter().filter(|l| l.public).map(|l| l.id).collect();
+        if let Some(id) = req.list {
+            allowed.retain(|l| *l == id);
+        }
+        for name in &parsed.lists {
+            let Some(l) = req.lists.iter().find(|l| l.address == *name) else {
+                return Err(QueryError::Invalid(format!("There is no list called {name}.")).into());
+            };
+            allowed.retain(|x| *x == l.id);
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        if parsed.text.is_empty() {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
+        } else {
+            let mut defaults = subject.clone();
+            defaults.extend(&body);
+            defaults.push(f.from);
+            defaults.push(f.attachment);
+            let mut parser = QueryParser::for_index(&self.index, defaults);
+            parser.set_conjunction_by_default();
+            for s in &subject {
+                parser.set_field_boost(*s, 2.0);
+            }
+            let q = parser.parse_query(&parsed.text).map_err(|e| {
+                tracing::debug!(error = %e, text = %parsed.text, "query did not parse");
+                QueryError::Invalid(
+                    "That search could not be understood. Check the operators (AND, OR, NOT) and the parentheses."
+                        .into(),
+                )
+            })?;
+            clauses.push((Occur::Must, q));
+        }
+        let lists: Vec<(Occur, Box<dyn Query>)> = allowed
+            .iter()
+            .map(|id| {
+                let q: Box<dyn Query> = Box::new(TermQuery::new(
+                    Term::from_field_u64(f.list, u64::from(id.0)),
+                    IndexRecordOption::Basic,
+                ));
+                (Occur::Should, q)
+            })
+            .collect();
+        if lists.is_empty() {
+            return Ok(SearchResults {
+                total: 0,
+                offset: req.offset,
+                hits: Vec::new(),
+            });
+        }
+        clauses.push((Occur::Must, Box::new(BooleanQuery::new(lists))));
+        if parsed.after.is_some() || parsed.before.is_some() {
+            let lo = parsed
+                .after
+                .map_or(Bound::Unbounded, |a| Bound::Included(Term::from_field_i64(f.date, a)));
+            let hi = parsed
+                .before
+                .map_or(Bound::Unbounded, |b| Bound::Excluded(Term::from_field_i64(f.date, b)));
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
+        }
+        let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let (top, total) = searcher.search(
-            &query,
-            &(
-                TopDocs::with_limit(limit).and_offset(req.offset).order_by_score(),
-                Count,
-            ),
-        )?;
-        let mut gen = SnippetGenerator::create(&searcher, &*query, f.body)?;
-        gen.set_max_num_chars(240);
+        let top: Vec<(f32, DocAddress)>;
+        let total;
+        match req.sort {
+            Sort::Relevance => {
+                (top, total) = searcher.search(
+                    &query,
+                    &(
+                        TopDocs::with_limit(limit).and_offset(req.offset).order_by_score(),
+                        Count,
+                    ),
+                )?;
+            }
+            Sort::Date => {
+                let (by_date, n) = searcher.search(
+                    &query,
+                    &(
+                        TopDocs::with_limit(limit)
+                            .and_offset(req.offset)
+                            .order_by_fast_field::<i64>("date", Order::Desc),
+                        Count,
+                    ),
+                )?;
+                top = by_date.into_iter().map(|(_, a)| (0.0, a)).collect();
+                total = n;
+            }
+        }
+        // One snippet generator per body field that results come from.
+        let mut gens: std::collections::HashMap<usize, SnippetGenerator> = std::collections::HashMap::new();
         let mut hits = Vec::with_capacity(top.len());
         for (score, addr) in top {
             let doc: TantivyDocument = searcher.doc(addr)?;
+            let li = doc.get_first(f.lang).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+            let li = li.min(Language::ALL.len() - 1);
+            let gen = match gens.entry(li) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut g = SnippetGenerator::create(&searcher, &query, f.body[li])?;
+                    g.set_max_num_chars(240);
+                    e.insert(g)
+                }
+            };
             let text = |field| {
                 doc.get_first(field)
                     .and_then(|v| v.as_str())
@@ -219,7 +341,7 @@ impl SearchIndex {
             hits.push(Hit {
                 key: MessageKey::from_u64(doc.get_first(f.key).and_then(|v| v.as_u64()).unwrap_or_default()),
                 message_id: text(f.message_id),
-                subject: text(f.subject),
+                subject: text(f.subject[li]),
                 from: text(f.from),
                 date: doc.get_first(f.date).and_then(|v| v.as_i64()).unwrap_or_default(),
                 score,

@@ -219,7 +219,10 @@ impl Store {
             Some(kv) => keys::by_date_decode(&kv?.0).map(|(k, _)| k),
             None => None,
         };
-        let next = match t.range(at..=hi).find(|kv| kv.as_ref().map(|(k, _)| k.as_ref() != at).unwrap_or(true)) {
+        let next = match t
+            .range(at..=hi)
+            .find(|kv| kv.as_ref().map(|(k, _)| k.as_ref() != at).unwrap_or(true))
+        {
             Some(kv) => keys::by_date_decode(&kv?.0).map(|(k, _)| k),
             None => None,
         };
@@ -238,7 +241,9 @@ impl Store {
         let fresh: [u8; 32] = rand::random();
         let _ = meta.compare_and_swap(b"site_secret", None as Option<&[u8]>, Some(&fresh[..]))?;
         self.sync()?;
-        let v = meta.get(b"site_secret")?.ok_or_else(|| corrupt("site_secret", "missing after write"))?;
+        let v = meta
+            .get(b"site_secret")?
+            .ok_or_else(|| corrupt("site_secret", "missing after write"))?;
         <[u8; 32]>::try_from(v.as_ref()).map_err(|e| corrupt("site_secret", e))
     }
 

@@ -161,12 +161,22 @@ async fn readers_for_the_views() {
         .map(|m| m.key.seq)
         .collect();
     assert_eq!(after, vec![2, 3], "only this list's, only later ones");
-    let m1 = store.message(MessageKey { list: a.id, seq: 1 }).expect("read").expect("m1");
+    let m1 = store
+        .message(MessageKey { list: a.id, seq: 1 })
+        .expect("read")
+        .expect("m1");
     let (prev, next) = store.date_neighbours(m1.key, m1.meta.date).expect("neighbours");
     assert_eq!(prev.map(|k| k.seq), Some(2));
     assert_eq!(next.map(|k| k.seq), Some(3));
-    let m3 = store.message(MessageKey { list: a.id, seq: 3 }).expect("read").expect("m3");
-    assert_eq!(store.date_neighbours(m3.key, m3.meta.date).expect("n").1, None, "no next across lists");
+    let m3 = store
+        .message(MessageKey { list: a.id, seq: 3 })
+        .expect("read")
+        .expect("m3");
+    assert_eq!(
+        store.date_neighbours(m3.key, m3.meta.date).expect("n").1,
+        None,
+        "no next across lists"
+    );
     let s = store.site_secret().expect("secret");
     assert_eq!(store.site_secret().expect("secret"), s, "stable");
 }

@@ -14,6 +14,8 @@ pub enum WebError {
     Internal(String),
     #[error("search unavailable: {0}")]
     SearchUnavailable(String),
+    #[error("archive not public")]
+    Private,
 }
 
 impl From<plenary_store::StoreError> for WebError {
@@ -35,6 +37,7 @@ impl WebError {
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             WebError::SearchUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Private => StatusCode::FORBIDDEN,
         }
     }
 
@@ -53,6 +56,10 @@ impl WebError {
                 "Search unavailable",
                 "Search is temporarily unavailable; the archive pages still work.".into(),
             ),
+            WebError::Private => (
+                "Archive not public",
+                "The archive of this list is for its members only; it is not shown on the web.".into(),
+            ),
         }
     }
 }
@@ -60,7 +67,7 @@ impl WebError {
 /// Minimal page used when the template environment itself fails.
 fn fallback_page(title: &str, text: &str) -> String {
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    format!("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title></head><body><main><h1>{0}</h1><p>{1}</p></main></body></html>", esc(title), esc(text))
+    format!("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{0}</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><a class=\"skip\" href=\"#main\">Skip to content</a><header><nav aria-label=\"Site\" class=\"top\"><a href=\"/\" class=\"site\">Home</a></nav></header><main id=\"main\" tabindex=\"-1\"><h1>{0}</h1><p>{1}</p><p><a href=\"/\">All lists</a></p></main></body></html>", esc(title), esc(text))
 }
 
 impl IntoResponse for WebError {

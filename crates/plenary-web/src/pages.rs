@@ -1,19 +1,25 @@
-//! Handlers. Each one loads what it needs from the store, redacts it, and renders.
+//! Archive pages. Each handler loads what it needs from the store, redacts it, and renders.
 
-use crate::error::json_error;
+use crate::render::text_to_html;
+use crate::views::{crumbs, fmt_date, iso_date, page_param, summary_view, Crumb, Pager, SummaryView, ThreadRow};
 use crate::{urls, AppState, WebError};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Json;
-use plenary_index::{IndexError, SearchRequest};
-use plenary_redact::{Policy, PublicMessage, PublicSummary};
+use plenary_core::list::ArchiveVisibility;
+use plenary_core::MessageKey;
+use plenary_redact::{Policy, PublicMessage};
 use plenary_store::{ListRecord, StoredMessage};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 
-type St = State<Arc<AppState>>;
+pub(crate) type St = State<Arc<AppState>>;
+
+/// Threads or messages per listing page.
+pub const PER_PAGE: usize = 50;
+/// Messages per thread page.
+pub const THREAD_PAGE: usize = 50;
 
 /// Template context as JSON: `ctx! { a, b => expr }`.
 macro_rules! ctx {
@@ -27,17 +33,40 @@ macro_rules! ctx {
         serde_json::Value::Object(m)
     }};
 }
+pub(crate) use ctx;
 
-fn fmt_date(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0)
-        .unwrap_or_default()
-        .format("%Y-%m-%d %H:%M UTC")
-        .to_string()
+/// What every page needs to know about the request: the reader's language and where they are.
+pub struct Req {
+    pub lang: String,
+    /// Path and query of this page (for the language switch to come back to).
+    pub here: String,
 }
 
-fn iso_date(ts: i64) -> String {
-    chrono::DateTime::from_timestamp(ts, 0).unwrap_or_default().to_rfc3339()
+impl FromRequestParts<Arc<AppState>> for Req {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Req, Self::Rejection> {
+        let cookie = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == LANG_COOKIE)
+            .map(|(_, v)| v.to_string());
+        let accept = parts.headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+        let lang = st.templates.catalogs().negotiate(cookie.as_deref(), accept);
+        let here = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        Ok(Req { lang, here })
+    }
 }
+
+pub const LANG_COOKIE: &str = "plenary_lang";
 
 const MONTHS: [&str; 12] = [
     "January",
@@ -54,84 +83,66 @@ const MONTHS: [&str; 12] = [
     "December",
 ];
 
-#[derive(Serialize)]
-struct Crumb {
-    label: String,
-    url: Option<String>,
-}
-
-fn crumbs(list: Option<&ListRecord>, last: Option<&str>) -> Vec<Crumb> {
-    let mut v = vec![Crumb {
-        label: "Lists".into(),
-        url: Some("/".into()),
-    }];
-    if let Some(l) = list {
-        v.push(Crumb {
-            label: l.address.to_string(),
-            url: Some(urls::list(l.address.as_str())),
-        });
-    }
-    if let Some(t) = last {
-        v.push(Crumb {
-            label: t.to_string(),
-            url: None,
-        });
-    }
-    v
-}
-
 impl AppState {
-    pub(crate) fn page(&self, name: &str, mut ctx: serde_json::Value) -> Result<Response, WebError> {
+    /// Render a page in the reader's language.
+    pub(crate) fn page_for(&self, req: &Req, name: &str, mut ctx: serde_json::Value) -> Result<Response, WebError> {
+        let noindex = ctx.get("noindex").and_then(|v| v.as_bool()).unwrap_or(false);
         if let Some(m) = ctx.as_object_mut() {
             m.insert("site_name".into(), self.settings.site_name.clone().into());
+            m.insert("ui_lang".into(), req.lang.clone().into());
+            m.insert("here".into(), req.here.clone().into());
+            m.insert(
+                "languages".into(),
+                crate::i18n::NAMES
+                    .iter()
+                    .filter(|(c, _)| self.templates.catalogs().has(c))
+                    .map(|(c, n)| serde_json::json!({ "code": c, "name": n }))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
         }
         let html = self
             .templates
             .render(name, minijinja::Value::from(minijinja::value::Serde(ctx)))?;
-        Ok(Html(html).into_response())
-    }
-
-    pub(crate) fn list_record(&self, address: &str) -> Result<ListRecord, WebError> {
-        self.store.list(address)?.ok_or(WebError::NotFound)
-    }
-
-    fn stored(&self, list: &ListRecord, mid: &str) -> Result<StoredMessage, WebError> {
-        let key = self.store.find(list.id, mid)?.ok_or(WebError::NotFound)?;
-        let m = self.store.message(key)?.ok_or(WebError::NotFound)?;
-        if m.meta.no_archive {
-            return Err(WebError::NotFound);
+        let mut res = Html(html).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_LANGUAGE,
+            HeaderValue::from_str(&req.lang).unwrap_or(HeaderValue::from_static("en")),
+        );
+        res.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Accept-Language, Cookie"));
+        if noindex {
+            res.headers_mut()
+                .insert("x-robots-tag", HeaderValue::from_static("noindex, nofollow"));
         }
-        Ok(m)
+        Ok(res)
+    }
+
+    /// Render a page in English (forms whose texts are built in Rust).
+    pub(crate) fn page(&self, name: &str, ctx: serde_json::Value) -> Result<Response, WebError> {
+        self.page_for(
+            &Req {
+                lang: "en".into(),
+                here: "/".into(),
+            },
+            name,
+            ctx,
+        )
     }
 
     fn public(&self, policy: &Policy, m: &StoredMessage) -> Result<PublicMessage, WebError> {
         let raw = self.store.raw(m)?;
         plenary_redact::redact(m.key, &m.meta, &raw, policy).ok_or(WebError::NotFound)
     }
-}
 
-#[derive(Serialize)]
-struct SummaryView {
-    url: String,
-    thread_url: String,
-    message_id: String,
-    subject: String,
-    author: String,
-    date: String,
-    date_iso: String,
-}
-
-fn summary_view(list: &ListRecord, s: &PublicSummary) -> SummaryView {
-    let a = list.address.as_str();
-    SummaryView {
-        url: urls::message(a, s.message_id()),
-        thread_url: urls::thread(a, s.message_id()),
-        message_id: s.message_id().to_string(),
-        subject: s.subject().to_string(),
-        author: s.author().to_string(),
-        date: fmt_date(s.date()),
-        date_iso: iso_date(s.date()),
+    fn month_label(&self, lang: &str, year: i32, month: u32) -> String {
+        let name = MONTHS[(month.clamp(1, 12) - 1) as usize];
+        format!("{} {year}", self.templates.tr(lang, name))
     }
+}
+
+fn noindex(list: &ListRecord) -> bool {
+    list.settings.archive != ArchiveVisibility::Public
 }
 
 pub async fn healthz(State(st): St) -> Response {
@@ -157,27 +168,29 @@ pub async fn not_found() -> WebError {
 }
 
 #[derive(Serialize)]
-struct ListView {
+pub(crate) struct ListView {
     address: String,
     name: String,
     description: String,
     url: String,
     count: u64,
+    private: bool,
 }
 
 impl ListView {
-    fn of(l: &ListRecord, count: u64) -> ListView {
+    pub(crate) fn of(l: &ListRecord, count: u64) -> ListView {
         ListView {
             address: l.address.to_string(),
             name: l.name.clone(),
             description: l.description.clone(),
             url: urls::list(l.address.as_str()),
             count,
+            private: l.settings.archive == ArchiveVisibility::Private,
         }
     }
 }
 
-fn list_views(st: &AppState) -> Result<Vec<ListView>, WebError> {
+pub(crate) fn list_views(st: &AppState) -> Result<Vec<ListView>, WebError> {
     let mut out = Vec::new();
     for l in st.store.lists()? {
         out.push(ListView::of(&l, st.store.archived_count(l.id)?));
@@ -185,491 +198,735 @@ fn list_views(st: &AppState) -> Result<Vec<ListView>, WebError> {
     Ok(out)
 }
 
-pub async fn index(State(st): St) -> Result<Response, WebError> {
+pub async fn index(State(st): St, req: Req) -> Result<Response, WebError> {
     let lists = list_views(&st)?;
-    st.page("index.html", ctx! { lists, breadcrumbs => Vec::<Crumb>::new() })
+    st.page_for(&req, "index.html", ctx! { lists, breadcrumbs => Vec::<Crumb>::new() })
 }
 
 pub async fn list_redirect(Path(list): Path<String>) -> Redirect {
     Redirect::permanent(&urls::list(&list))
 }
 
-#[derive(Serialize)]
-struct ThreadView {
-    url: String,
-    subject: String,
-    author: String,
-    count: usize,
-    last: String,
-    last_iso: String,
+#[derive(Deserialize)]
+pub struct ListParams {
+    page: Option<String>,
+    by: Option<String>,
+    view: Option<String>,
 }
 
-/// Threads with recent activity: the newest messages grouped by thread root.
-fn recent_threads(st: &AppState, list: &ListRecord, max_threads: usize) -> Result<Vec<ThreadView>, WebError> {
-    let policy = Policy::for_list(list.address.as_str());
-    let mut order: Vec<(plenary_core::MessageKey, i64)> = Vec::new();
-    let mut roots: HashMap<plenary_core::MessageKey, StoredMessage> = HashMap::new();
-    for (key, date) in st.store.recent(list.id, 300)? {
-        let Some(m) = st.store.message(key)? else { continue };
-        let root = st.store.thread_root(m)?;
-        if let std::collections::hash_map::Entry::Vacant(e) = roots.entry(root.key) {
-            order.push((root.key, date));
-            e.insert(root);
-        }
-        if order.len() >= max_threads {
-            break;
-        }
-    }
-    let mut out = Vec::new();
-    for (key, last) in order {
-        let Some(root) = roots.get(&key) else { continue };
-        let Some(s) = plenary_redact::summarize(root.key, &root.meta, &policy) else {
-            continue;
-        };
-        out.push(ThreadView {
-            url: urls::thread(list.address.as_str(), s.message_id()),
-            subject: s.subject().to_string(),
-            author: s.author().to_string(),
-            count: st.store.thread_size(root)?,
-            last: fmt_date(last),
-            last_iso: iso_date(last),
-        });
-    }
-    Ok(out)
+#[derive(Serialize)]
+struct MonthLink {
+    url: String,
+    label: String,
+    count: u64,
 }
 
 pub async fn list(
     State(st): St,
+    req: Req,
     Path(address): Path<String>,
-    headers: axum::http::HeaderMap,
+    Query(p): Query<ListParams>,
+    headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let list = st.list_record(&address)?;
-    let threads = recent_threads(&st, &list, 30)?;
-    #[derive(Serialize)]
-    struct M {
-        url: String,
-        label: String,
-        count: u64,
+    let list = st.public_list(&address)?;
+    let page = page_param(p.page.as_deref(), 100_000)?;
+    let (infos, total) = st.threads.with(list.id, |t| {
+        (t.recent((page - 1) * PER_PAGE, PER_PAGE), t.thread_count())
+    })?;
+    if page > 1 && infos.is_empty() {
+        return Err(WebError::NotFound);
     }
-    let months: Vec<M> = st
+    let threads: Vec<ThreadRow> = st.thread_rows(&list, &infos)?;
+    let a = list.address.as_str().to_string();
+    let pager = Pager::new(page, PER_PAGE, total, |n| format!("{}?page={n}", urls::list(&a)));
+    let months: Vec<MonthLink> = st
         .store
         .months(list.id)?
         .into_iter()
-        .map(|m| M {
+        .map(|m| MonthLink {
             url: urls::month(list.address.as_str(), m.year, m.month),
-            label: format!("{} {}", MONTHS[(m.month.clamp(1, 12) - 1) as usize], m.year),
+            label: st.month_label(&req.lang, m.year, m.month),
             count: m.count,
         })
         .collect();
     let view = ListView::of(&list, 0);
     let (csrf, cookie) = crate::membership::csrf_token(&headers, &st.settings.base_url);
     let subscription = serde_json::to_value(list.settings.subscription).unwrap_or_default();
-    let mut res = st.page(
+    let mut res = st.page_for(
+        &req,
         "list.html",
-        ctx! { list => view, threads, months, scope_list => list.address.as_str(), breadcrumbs => crumbs(Some(&list), None),
-               csrf, subscription, owner_address => list.address.sub("owner") },
+        ctx! { list => view, threads, page => pager, months, scope_list => list.address.as_str(),
+        breadcrumbs => crumbs(Some(&list), None, None), csrf, subscription,
+        owner_address => list.address.sub("owner"), noindex => noindex(&list),
+        feed_url => format!("{}atom.xml", urls::list(list.address.as_str())) },
     )?;
     crate::membership::set_cookie(&mut res, cookie);
     Ok(res)
 }
 
+/// `[start, end)` of a month in Unix seconds, if the path parts name a real month.
+pub(crate) fn month_range(year: &str, month: &str) -> Option<(i32, u32, i64, i64)> {
+    let (y, m) = (year.parse::<i32>().ok()?, month.parse::<u32>().ok()?);
+    if !(1..=12).contains(&m) || !(1..=9999).contains(&y) || year.len() != 4 || month.len() != 2 {
+        return None;
+    }
+    let start = chrono::NaiveDate::from_ymd_opt(y, m, 1)?;
+    let next = if m == 12 {
+        chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1)?
+    } else {
+        chrono::NaiveDate::from_ymd_opt(y, m + 1, 1)?
+    };
+    let ts = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
+    Some((y, m, ts(start)?, ts(next)?))
+}
+
 pub async fn month(
     State(st): St,
+    req: Req,
     Path((address, year, month)): Path<(String, String, String)>,
+    Query(p): Query<ListParams>,
 ) -> Result<Response, WebError> {
-    let list = st.list_record(&address)?;
+    let list = st.public_list(&address)?;
     let policy = Policy::for_list(list.address.as_str());
-    let (Ok(y), Ok(m)) = (year.parse::<i32>(), month.parse::<u32>()) else {
-        return Err(WebError::NotFound);
+    let (y, m, from, to) = month_range(&year, &month).ok_or(WebError::NotFound)?;
+    let by = match p.by.as_deref() {
+        None | Some("") | Some("thread") => "thread",
+        Some("date") => "date",
+        Some(_) => return Err(WebError::BadRequest("Order by thread or by date.".into())),
     };
-    if !(1..=12).contains(&m) || !(1..=9999).contains(&y) || year.len() != 4 || month.len() != 2 {
-        return Err(WebError::NotFound);
-    }
-    let start = chrono::NaiveDate::from_ymd_opt(y, m, 1).ok_or(WebError::NotFound)?;
-    let next = if m == 12 {
-        chrono::NaiveDate::from_ymd_opt(y + 1, 1, 1)
-    } else {
-        chrono::NaiveDate::from_ymd_opt(y, m + 1, 1)
-    }
-    .ok_or(WebError::NotFound)?;
-    let ts = |d: chrono::NaiveDate| {
-        d.and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp())
-            .unwrap_or_default()
-    };
-    let mut messages = Vec::new();
-    for (key, _) in st.store.between(list.id, ts(start), ts(next), 5000)? {
-        let Some(stored) = st.store.message(key)? else { continue };
-        if let Some(s) = plenary_redact::summarize(stored.key, &stored.meta, &policy) {
-            messages.push(summary_view(&list, &s));
+    let page = page_param(p.page.as_deref(), 10_000)?;
+    let keys = st.store.between(list.id, from, to, 200_000)?;
+    let a = list.address.as_str().to_string();
+    let base = urls::month(&a, y, m);
+    let mut messages: Vec<SummaryView> = Vec::new();
+    let mut threads: Vec<ThreadRow> = Vec::new();
+    let total;
+    if by == "date" {
+        total = keys.len();
+        for (key, _) in keys.iter().skip((page - 1) * PER_PAGE).take(PER_PAGE) {
+            let Some(stored) = st.store.message(*key)? else {
+                continue;
+            };
+            if let Some(s) = plenary_redact::summarize(stored.key, &stored.meta, &policy) {
+                messages.push(summary_view(&list, &s));
+            }
         }
+    } else {
+        // Threads with a message this month, in order of their first message this month.
+        let infos = st.threads.with(list.id, |t| {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for (key, _) in &keys {
+                if let Some(id) = t.thread_of(key.seq) {
+                    if seen.insert(id) {
+                        out.extend(t.info(id));
+                    }
+                }
+            }
+            out
+        })?;
+        total = infos.len();
+        let slice: Vec<_> = infos.into_iter().skip((page - 1) * PER_PAGE).take(PER_PAGE).collect();
+        threads = st.thread_rows(&list, &slice)?;
     }
-    let label = format!("{} {}", MONTHS[(m - 1) as usize], y);
-    st.page(
+    let months = st.store.months(list.id)?;
+    let here = months.iter().position(|c| c.year == y && c.month == m);
+    let link = |i: usize| {
+        months.get(i).map(|c| MonthLink {
+            url: urls::month(&a, c.year, c.month),
+            label: st.month_label(&req.lang, c.year, c.month),
+            count: c.count,
+        })
+    };
+    // `months` is newest first.
+    let (prev_month, next_month) = match here {
+        Some(i) => (link(i + 1), i.checked_sub(1).and_then(link)),
+        None => (None, None),
+    };
+    let label = st.month_label(&req.lang, y, m);
+    let pager = Pager::new(page, PER_PAGE, total, |n| format!("{base}?by={by}&page={n}"));
+    st.page_for(
+        &req,
         "month.html",
-        ctx! { list => ListView::of(&list, 0),
-                   label => &label, messages, scope_list => list.address.as_str(), breadcrumbs => crumbs(Some(&list), Some(&label)) },
+        ctx! { list => ListView::of(&list, 0), label => &label, by, messages, threads, page => pager,
+        prev_month, next_month, scope_list => list.address.as_str(), noindex => noindex(&list),
+        breadcrumbs => crumbs(Some(&list), None, Some(&label)) },
     )
 }
 
-pub async fn message(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
-    let list = st.list_record(&address)?;
+pub async fn authors(
+    State(st): St,
+    req: Req,
+    Path(address): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, WebError> {
+    let list = st.public_list(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
+    let page = page_param(p.page.as_deref(), 100_000)?;
+    let all = st.threads.with(list.id, |t| t.authors())?;
+    #[derive(Serialize)]
+    struct A {
+        url: String,
+        name: String,
+        count: usize,
+        last: String,
+        last_iso: String,
+    }
+    let mut authors = Vec::new();
+    for (key, count, last, seq) in all.iter().skip((page - 1) * PER_PAGE).take(PER_PAGE) {
+        // The name shown is the one on the author's latest message, redacted.
+        let Some(s) = st.summary(&list, &policy, *seq)? else {
+            continue;
+        };
+        authors.push(A {
+            url: format!("{}authors/{key:016x}/", urls::list(list.address.as_str())),
+            name: s.author,
+            count: *count,
+            last: fmt_date(*last),
+            last_iso: iso_date(*last),
+        });
+    }
+    let a = list.address.as_str().to_string();
+    let pager = Pager::new(page, PER_PAGE, all.len(), |n| {
+        format!("{}authors/?page={n}", urls::list(&a))
+    });
+    let label = st.templates.tr(&req.lang, "Authors");
+    st.page_for(
+        &req,
+        "authors.html",
+        ctx! { list => ListView::of(&list, 0), authors, page => pager, scope_list => list.address.as_str(),
+        noindex => noindex(&list), breadcrumbs => crumbs(Some(&list), None, Some(&label)) },
+    )
+}
+
+pub async fn author(
+    State(st): St,
+    req: Req,
+    Path((address, key)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, WebError> {
+    let list = st.public_list(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
+    let author = (key.len() == 16)
+        .then(|| u64::from_str_radix(&key, 16).ok())
+        .flatten()
+        .ok_or(WebError::NotFound)?;
+    let page = page_param(p.page.as_deref(), 100_000)?;
+    let seqs = st.threads.with(list.id, |t| t.by_author(author))?;
+    if seqs.is_empty() {
+        return Err(WebError::NotFound);
+    }
+    let mut messages = Vec::new();
+    for seq in seqs.iter().skip((page - 1) * PER_PAGE).take(PER_PAGE) {
+        messages.extend(st.summary(&list, &policy, *seq)?);
+    }
+    let name = match st.summary(&list, &policy, seqs[0])? {
+        Some(s) => s.author,
+        None => String::new(),
+    };
+    let base = format!("{}authors/{key}/", urls::list(list.address.as_str()));
+    let pager = Pager::new(page, PER_PAGE, seqs.len(), |n| format!("{base}?page={n}"));
+    let authors_label = st.templates.tr(&req.lang, "Authors");
+    st.page_for(
+        &req,
+        "author.html",
+        ctx! { list => ListView::of(&list, 0), name => &name, total => seqs.len(), messages, page => pager,
+               scope_list => list.address.as_str(), noindex => noindex(&list),
+               breadcrumbs => crumbs(Some(&list), Some((&authors_label, format!("{}authors/", urls::list(list.address.as_str())))), Some(&name)) },
+    )
+}
+
+#[derive(Serialize)]
+struct AttachmentView {
+    url: String,
+    name: String,
+    content_type: String,
+    size: String,
+    inline_image: bool,
+}
+
+fn human_size(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KB", n as f64 / 1024.0),
+        _ => format!("{:.1} MB", n as f64 / 1_048_576.0),
+    }
+}
+
+fn attachment_views(list: &ListRecord, msg: &PublicMessage) -> Vec<AttachmentView> {
+    msg.attachments()
+        .iter()
+        .map(|a| AttachmentView {
+            url: format!(
+                "{}a/{}/{}",
+                urls::message(list.address.as_str(), msg.message_id()),
+                a.index(),
+                urls::seg(&safe_filename(a.name()))
+            ),
+            name: a.name().to_string(),
+            content_type: a.content_type().to_string(),
+            size: human_size(a.size()),
+            inline_image: a.inline_image(),
+        })
+        .collect()
+}
+
+/// The body as HTML: sanitised HTML for HTML-only mail, else rendered text.
+fn body_html(st: &AppState, lang: &str, msg: &PublicMessage) -> String {
+    match msg.html() {
+        Some(h) => format!("<div class=\"html\">{h}</div>"),
+        None => {
+            let h = text_to_html(msg.body());
+            if lang == "en" {
+                return h;
+            }
+            // The two labels render.rs writes, in the reader's language.
+            h.replace(
+                "<summary>Signature</summary>",
+                &format!("<summary>{}</summary>", esc(&st.templates.tr(lang, "Signature"))),
+            )
+            .replace(
+                "<summary>Quoted text (",
+                &format!("<summary>{} (", esc(&st.templates.tr(lang, "Quoted text"))),
+            )
+            .replace(
+                " lines)</summary>",
+                &format!(" {})</summary>", esc(&st.templates.tr(lang, "lines"))),
+            )
+        }
+    }
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::new();
+    crate::render::escape(s, &mut o);
+    o
+}
+
+/// The language of a message when it differs from the page's: its Content-Language, else
+/// the list's language.
+fn message_lang(list: &ListRecord, msg: &PublicMessage, ui: &str) -> Option<String> {
+    let l = msg
+        .lang()
+        .map(str::to_string)
+        .or_else(|| list.settings.language.tag().map(str::to_string))?;
+    (l.split('-').next() != Some(ui)).then_some(l)
+}
+
+pub async fn message(
+    State(st): St,
+    req: Req,
+    Path((address, mid)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    let list = st.public_list(&address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let msg = st.public(&policy, &stored)?;
-    let parent = match st.store.parent(&stored)? {
-        Some(p) => plenary_redact::summarize(p.key, &p.meta, &policy).map(|s| summary_view(&list, &s)),
+    let a = list.address.as_str();
+    // Position in the thread (reading order), neighbours, direct replies.
+    let (order, parent_seq) = match st.thread_of(&stored)? {
+        Some(id) => st.threads.with(list.id, |t| {
+            let tree = t.tree(id);
+            let seqs: Vec<u64> = tree.iter().filter_map(|i| i.seq).collect();
+            // The parent is the nearest earlier row with a smaller depth.
+            let i = tree.iter().position(|r| r.seq == Some(stored.key.seq));
+            let parent = i.and_then(|i| {
+                let d = tree[i].depth;
+                tree[..i].iter().rev().find(|r| r.depth < d).and_then(|r| r.seq)
+            });
+            (seqs, parent)
+        })?,
+        None => (vec![stored.key.seq], None),
+    };
+    let pos = order.iter().position(|s| *s == stored.key.seq).unwrap_or(0);
+    let prev_thread = match pos.checked_sub(1).and_then(|i| order.get(i)) {
+        Some(s) => st.summary(&list, &policy, *s)?,
+        None => None,
+    };
+    let next_thread = match order.get(pos + 1) {
+        Some(s) => st.summary(&list, &policy, *s)?,
+        None => None,
+    };
+    let (pd, nd) = st.store.date_neighbours(stored.key, stored.meta.date)?;
+    let prev_date = match pd {
+        Some(k) => st.summary(&list, &policy, k.seq)?,
+        None => None,
+    };
+    let next_date = match nd {
+        Some(k) => st.summary(&list, &policy, k.seq)?,
+        None => None,
+    };
+    let parent = match parent_seq {
+        Some(s) => st.summary(&list, &policy, s)?,
         None => None,
     };
     let mut replies = Vec::new();
     for k in st.store.children(list.id, msg.message_id())?.into_iter().take(200) {
         if let Some(m) = st.store.message(k)? {
-            // Only direct replies: messages whose nearest parent is this one.
-            if m.meta.parents().next() == Some(msg.message_id()) {
+            if m.meta
+                .in_reply_to
+                .first()
+                .or(m.meta.references.last())
+                .map(String::as_str)
+                == Some(msg.message_id())
+            {
                 if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
                     replies.push(summary_view(&list, &s));
                 }
             }
         }
     }
-    let a = list.address.as_str();
-    st.page(
+    let subject = msg.subject().to_string();
+    let reply_subject = if plenary_thread::base_subject(&subject).1 {
+        subject.clone()
+    } else {
+        format!("Re: {subject}")
+    };
+    let reply_mailto = format!(
+        "mailto:{}?In-Reply-To={}&subject={}",
+        a,
+        urls::query_value(&format!("<{}>", msg.message_id())),
+        urls::query_value(&reply_subject)
+    );
+    let thread_url = urls::thread(a, msg.message_id());
+    // The thread page shows THREAD_PAGE messages per page.
+    let thread_link = match order.first() {
+        Some(_) if pos >= THREAD_PAGE => format!("{thread_url}?page={}", pos / THREAD_PAGE + 1),
+        _ => thread_url.clone(),
+    };
+    let crumb_thread = (st.templates.tr(&req.lang, "Thread"), thread_link.clone());
+    st.page_for(
+        &req,
         "message.html",
         ctx! {
             list => ListView::of(&list, 0),
             msg => &msg,
-            parent, replies,
-            thread_url => urls::thread(a, msg.message_id()),
+            body_html => body_html(&st, &req.lang, &msg),
+            attachments => attachment_views(&list, &msg),
+            msg_lang => message_lang(&list, &msg, &req.lang),
+            parent, replies, prev_thread, next_thread, prev_date, next_date,
+            position => pos + 1, thread_size => order.len(),
+            thread_url => thread_link,
             raw_url => urls::raw(a, msg.message_id()),
             permalink => format!("{}{}", st.settings.base_url, urls::message(a, msg.message_id())),
-            scope_list => a,
-            breadcrumbs => crumbs(Some(&list), Some(msg.subject())),
+            reply_mailto, reply_subject,
+            scope_list => a, noindex => noindex(&list),
+            breadcrumbs => crumbs(Some(&list), Some((&crumb_thread.0, crumb_thread.1)), Some(&subject)),
         },
     )
 }
 
 pub async fn raw(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
-    let list = st.list_record(&address)?;
+    let list = st.public_list(&address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let msg = st.public(&policy, &stored)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.to_raw_text()).into_response())
 }
 
-pub async fn thread(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
-    let list = st.list_record(&address)?;
+/// A file name safe in a Content-Disposition header and on any file system.
+pub(crate) fn safe_filename(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_control() || "/\\:*?\"<>|;%".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    s = s.trim_matches(|c: char| c == '.' || c.is_whitespace()).to_string();
+    if s.is_empty() {
+        s = "attachment".into();
+    }
+    s.chars().take(150).collect()
+}
+
+pub async fn attachment(
+    State(st): St,
+    Path((address, mid, index, _name)): Path<(String, String, String, String)>,
+) -> Result<Response, WebError> {
+    let list = st.public_list(&address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
-    let current = stored.key;
-    let root = st.store.thread_root(stored)?;
-    let members = st.store.thread_members(&root)?;
-    // Depth: distance to the root through each message's nearest parent inside the thread.
-    let by_id: HashMap<&str, usize> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.meta.message_id.as_str(), i))
-        .collect();
-    let parent_of: Vec<Option<usize>> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| m.meta.parents().filter_map(|p| by_id.get(p).copied()).find(|&j| j != i))
-        .collect();
-    let depth = |mut i: usize| {
-        let mut d = 0;
-        while let Some(p) = parent_of[i] {
-            d += 1;
-            i = p;
-            if d >= 8 {
-                break;
-            }
-        }
-        d
+    let index: usize = index.parse().map_err(|_| WebError::NotFound)?;
+    let raw = st.store.raw(&stored)?;
+    let (a, bytes) = plenary_redact::attachment(&stored.meta, &raw, &policy, index).ok_or(WebError::NotFound)?;
+    // Raster images keep their type so pages can show them; everything else is opaque bytes.
+    let ctype = if a.inline_image() {
+        a.content_type().to_string()
+    } else {
+        "application/octet-stream".to_string()
     };
-    // Order: depth-first from the root, children by date.
-    let mut kids: Vec<Vec<usize>> = vec![Vec::new(); members.len()];
-    for (i, p) in parent_of.iter().enumerate() {
-        if let Some(p) = p {
-            kids[*p].push(i);
+    let name = safe_filename(a.name());
+    let ascii: String = name.chars().map(|c| if c.is_ascii() { c } else { '_' }).collect();
+    let disposition = format!(
+        "attachment; filename=\"{}\"; filename*=UTF-8''{}",
+        ascii,
+        urls::query_value(&name)
+    );
+    let mut res = bytes.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&ctype).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));
+    // A sandbox for anything that is opened directly anyway.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    Ok(res)
+}
+
+#[derive(Serialize)]
+struct TocItem {
+    url: Option<String>,
+    subject: String,
+    author: String,
+    date: String,
+    date_iso: String,
+    depth: usize,
+}
+
+pub async fn thread(
+    State(st): St,
+    req: Req,
+    Path((address, mid)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, WebError> {
+    let list = st.public_list(&address)?;
+    let policy = Policy::for_list(list.address.as_str());
+    let stored = st.stored(&list, &mid)?;
+    let current = stored.key.seq;
+    let view = match p.view.as_deref() {
+        None | Some("") | Some("tree") => "tree",
+        Some("flat") => "flat",
+        Some(_) => return Err(WebError::BadRequest("Show the thread as a tree or by date.".into())),
+    };
+    let page = page_param(p.page.as_deref(), 10_000)?;
+    let id = st.thread_of(&stored)?;
+    let (tree, flat, info) = match id {
+        Some(id) => st.threads.with(list.id, |t| (t.tree(id), t.messages(id), t.info(id)))?,
+        None => (
+            vec![plenary_thread::TreeItem {
+                seq: Some(current),
+                depth: 0,
+            }],
+            vec![current],
+            None,
+        ),
+    };
+    // Reading order for the page body.
+    let rows: Vec<(Option<u64>, usize)> = match view {
+        "tree" => tree
+            .iter()
+            .filter(|r| r.seq.is_some())
+            .map(|r| (r.seq, r.depth))
+            .collect(),
+        _ => flat.iter().map(|s| (Some(*s), 0)).collect(),
+    };
+    let total = rows.len();
+    let pages = total.div_ceil(THREAD_PAGE).max(1);
+    if page > pages {
+        return Err(WebError::NotFound);
+    }
+    let pos_of: std::collections::HashMap<u64, usize> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (s, _))| s.map(|s| (s, i + 1)))
+        .collect();
+    let page_of = |pos: usize| (pos - 1) / THREAD_PAGE + 1;
+    let href = |pos: usize| {
+        if page_of(pos) == page {
+            format!("#m{pos}")
+        } else {
+            format!("?view={view}&page={}#m{pos}", page_of(pos))
+        }
+    };
+    // Contents: the whole tree (ghost placeholders included), linking into the pages.
+    let mut toc = Vec::with_capacity(tree.len());
+    let mut metas: std::collections::HashMap<u64, SummaryView> = std::collections::HashMap::new();
+    for r in &tree {
+        match r.seq {
+            Some(s) => {
+                if let Some(v) = st.summary(&list, &policy, s)? {
+                    toc.push(TocItem {
+                        url: pos_of.get(&s).map(|p| href(*p)),
+                        subject: v.subject.clone(),
+                        author: v.author.clone(),
+                        date: v.date.clone(),
+                        date_iso: v.date_iso.clone(),
+                        depth: r.depth.min(12),
+                    });
+                    metas.insert(s, v);
+                }
+            }
+            None => toc.push(TocItem {
+                url: None,
+                subject: String::new(),
+                author: String::new(),
+                date: String::new(),
+                date_iso: String::new(),
+                depth: r.depth.min(12),
+            }),
         }
     }
-    for k in kids.iter_mut() {
-        k.sort_by_key(|&i| members[i].meta.date);
-    }
-    let mut order = Vec::with_capacity(members.len());
-    let mut seen = vec![false; members.len()];
-    let mut stack = vec![0usize];
-    // Messages with no parent inside the thread (besides the root) hang off the root.
-    let mut orphans: Vec<usize> = (1..members.len()).filter(|&i| parent_of[i].is_none()).collect();
-    orphans.sort_by_key(|&i| members[i].meta.date);
-    kids[0].extend(orphans);
-    while let Some(i) = stack.pop() {
-        if std::mem::replace(&mut seen[i], true) {
-            continue;
-        }
-        order.push(i);
-        for &c in kids[i].iter().rev() {
-            stack.push(c);
+    // Parent of each message in the tree (nearest earlier row with smaller depth).
+    let mut parent_of: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    for (i, r) in tree.iter().enumerate() {
+        if let Some(s) = r.seq {
+            if let Some(p) = tree[..i].iter().rev().find(|x| x.depth < r.depth).and_then(|x| x.seq) {
+                parent_of.insert(s, p);
+            }
         }
     }
     #[derive(Serialize)]
     struct Item {
+        pos: usize,
         url: String,
         subject: String,
         author: String,
         date: String,
         date_iso: String,
-        body: String,
+        body_html: String,
         depth: usize,
         current: bool,
+        lang: Option<String>,
+        parent_pos: Option<usize>,
+        parent_href: Option<String>,
+        attachments: Vec<AttachmentView>,
     }
     let mut messages = Vec::new();
-    for i in order {
-        let m = &members[i];
-        let Ok(p) = st.public(&policy, m) else { continue };
+    for (i, (seq, depth)) in rows.iter().enumerate().skip((page - 1) * THREAD_PAGE).take(THREAD_PAGE) {
+        let Some(seq) = seq else { continue };
+        let Some(m) = st.store.message(MessageKey {
+            list: list.id,
+            seq: *seq,
+        })?
+        else {
+            continue;
+        };
+        let Ok(pm) = st.public(&policy, &m) else { continue };
+        let parent_pos = parent_of.get(seq).and_then(|p| pos_of.get(p)).copied();
         messages.push(Item {
-            url: urls::message(list.address.as_str(), p.message_id()),
-            subject: p.subject().to_string(),
-            author: p.author().to_string(),
-            date: fmt_date(p.date()),
-            date_iso: iso_date(p.date()),
-            body: p.body().to_string(),
-            depth: if i == 0 { 0 } else { depth(i).max(1) },
-            current: m.key == current,
+            pos: i + 1,
+            url: urls::message(list.address.as_str(), pm.message_id()),
+            subject: pm.subject().to_string(),
+            author: pm.author().to_string(),
+            date: fmt_date(pm.date()),
+            date_iso: iso_date(pm.date()),
+            body_html: body_html(&st, &req.lang, &pm),
+            depth: if view == "tree" { (*depth).min(12) } else { 0 },
+            current: *seq == current,
+            lang: message_lang(&list, &pm, &req.lang),
+            parent_pos: if view == "flat" { parent_pos } else { None },
+            parent_href: if view == "flat" { parent_pos.map(href) } else { None },
+            attachments: attachment_views(&list, &pm),
         });
     }
-    let subject = messages.first().map(|m| m.subject.clone()).unwrap_or_default();
-    let a = list.address.as_str();
-    st.page(
+    let root = info.as_ref().map(|i| i.root).unwrap_or(current);
+    let subject = metas
+        .get(&root)
+        .map(|v| v.subject.clone())
+        .or_else(|| messages.first().map(|m| m.subject.clone()))
+        .unwrap_or_default();
+    let pager = Pager::new(page, THREAD_PAGE, total, |n| format!("?view={view}&page={n}"));
+    let participants = info.as_ref().map(|i| i.participants).unwrap_or(1);
+    st.page_for(
+        &req,
         "thread.html",
         ctx! {
-            list => ListView::of(&list, 0),
-            subject => &subject, messages, scope_list => a, breadcrumbs => crumbs(Some(&list), Some(&subject)),
+            list => ListView::of(&list, 0), subject => &subject, messages, toc, total, participants, view,
+            page => pager, scope_list => list.address.as_str(), noindex => noindex(&list),
+            feed_url => "atom.xml",
+            breadcrumbs => crumbs(Some(&list), None, Some(&subject)),
         },
     )
 }
 
 #[derive(Deserialize)]
-pub struct SearchParams {
-    q: Option<String>,
-    list: Option<String>,
-    page: Option<String>,
+pub struct LangParams {
+    to: Option<String>,
+    back: Option<String>,
 }
 
-struct SearchOutcome {
-    results: plenary_index::SearchResults,
-    lists: HashMap<u32, String>,
-}
-
-fn run_search(st: &AppState, p: &SearchParams) -> Result<Option<SearchOutcome>, WebError> {
-    let q = p.q.as_deref().unwrap_or("").trim();
-    if q.is_empty() {
-        return Ok(None);
-    }
-    let list_id = match p.list.as_deref().filter(|l| !l.is_empty()) {
-        Some(addr) => Some(
-            st.list_record(addr)
-                .map_err(|_| WebError::BadRequest("There is no such list to search in.".into()))?
-                .id,
-        ),
-        None => None,
-    };
-    let page: usize = match p.page.as_deref() {
-        None | Some("") => 1,
-        Some(s) => s
-            .parse()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
-    };
-    let size = st.settings.page_size;
-    let offset = (page - 1).saturating_mul(size);
-    let req = SearchRequest {
-        query: q.to_string(),
-        list: list_id,
-        offset,
-        limit: size,
-    };
-    let results = match st.search.search(&req) {
-        Ok(r) => r,
-        Err(IndexError::Query(e)) => return Err(WebError::BadRequest(e.to_string())),
-        Err(e) => return Err(WebError::SearchUnavailable(e.to_string())),
-    };
-    let lists = st
-        .store
-        .lists()?
-        .into_iter()
-        .map(|l| (l.id.0, l.address.to_string()))
-        .collect();
-    Ok(Some(SearchOutcome { results, lists }))
-}
-
-pub async fn search(State(st): St, Query(p): Query<SearchParams>) -> Result<Response, WebError> {
-    let scope = p.list.clone().filter(|l| !l.is_empty());
-    let q = p.q.clone().unwrap_or_default();
-    let outcome = match run_search(&st, &p) {
-        Ok(o) => o,
-        Err(WebError::BadRequest(msg)) => {
-            let mut r = st.page(
-                "search.html",
-                ctx! { query => &q, error => msg, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) },
-            )?;
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            return Ok(r);
+/// Remember the reader's language choice and go back to the page they were on.
+pub async fn set_lang(State(st): St, Query(p): Query<LangParams>) -> Response {
+    let lang = p.to.unwrap_or_default().to_ascii_lowercase();
+    // Only local paths: never an open redirect.
+    let back = p
+        .back
+        .filter(|b| b.starts_with('/') && !b.starts_with("//") && !b.contains('\\'))
+        .unwrap_or_else(|| "/".into());
+    let mut res = Redirect::to(&back).into_response();
+    if st.templates.catalogs().has(&lang) {
+        let secure = if st.settings.base_url.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        let c = format!("{LANG_COOKIE}={lang}; Path=/; SameSite=Lax; Max-Age=31536000{secure}");
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            res.headers_mut().insert(header::SET_COOKIE, v);
         }
-        Err(e) => return Err(e),
-    };
-    #[derive(Serialize)]
-    struct HitView {
-        url: String,
-        subject: String,
-        from: String,
-        date: String,
-        list: Option<String>,
-        snippet: Vec<plenary_index::SnippetPart>,
     }
-    let Some(o) = outcome else {
-        return st.page(
-            "search.html",
-            ctx! { query => &q, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) },
-        );
-    };
-    let hits: Vec<HitView> = o
-        .results
-        .hits
-        .iter()
-        .map(|h| {
-            let addr = o.lists.get(&h.key.list.0).cloned().unwrap_or_default();
-            HitView {
-                url: urls::message(&addr, &h.message_id),
-                subject: if h.subject.is_empty() {
-                    "(no subject)".into()
-                } else {
-                    h.subject.clone()
-                },
-                from: h.from.clone(),
-                date: fmt_date(h.date),
-                list: if scope.is_some() { None } else { Some(addr) },
-                snippet: h.snippet.clone(),
-            }
-        })
-        .collect();
-    let size = st.settings.page_size;
-    let page = o.results.offset / size + 1;
-    let link = |n: usize| {
-        let mut u = format!("/search?q={}", urls::query_value(&q));
-        if let Some(l) = &scope {
-            u.push_str(&format!("&list={}", urls::query_value(l)));
-        }
-        u.push_str(&format!("&page={n}"));
-        u
-    };
-    let prev_url = (page > 1).then(|| link(page - 1));
-    let next_url = (o.results.offset + o.results.hits.len() < o.results.total).then(|| link(page + 1));
-    st.page(
-        "search.html",
-        ctx! { query => &q, results => &o.results, hits, prev_url, next_url, scope_list => &scope, breadcrumbs => crumbs(None, Some("Search")) },
+    res
+}
+
+pub async fn search_help(State(st): St, req: Req) -> Result<Response, WebError> {
+    let label = st.templates.tr(&req.lang, "Search help");
+    st.page_for(
+        &req,
+        "search_help.html",
+        ctx! { breadcrumbs => crumbs(None, None, Some(&label)) },
     )
 }
 
-// ---- JSON API --------------------------------------------------------------------------
-
-pub async fn api_lists(State(st): St) -> Response {
-    match list_views(&st) {
-        Ok(lists) => Json(serde_json::json!({ "lists": lists.iter().map(|l| serde_json::json!({
-            "address": l.address, "name": l.name, "description": l.description, "messages": l.count,
-            "url": l.url,
-        })).collect::<Vec<_>>() }))
-        .into_response(),
-        Err(e) => json_error(e),
-    }
-}
-
-#[derive(Deserialize)]
-pub struct PageParams {
-    page: Option<String>,
-}
-
-pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): Query<PageParams>) -> Response {
-    let r = (|| -> Result<serde_json::Value, WebError> {
-        let list = st.list_record(&address)?;
-        let policy = Policy::for_list(list.address.as_str());
-        let page: usize = match p.page.as_deref() {
-            None | Some("") => 1,
-            Some(s) => s
-                .parse()
-                .ok()
-                .filter(|n| *n >= 1 && *n <= 10_000)
-                .ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
-        };
-        let per = 50usize;
-        let want = page * per;
-        let keys = st.store.recent(list.id, want)?;
-        let mut items = Vec::new();
-        for (key, _) in keys.into_iter().skip((page - 1) * per) {
-            if let Some(m) = st.store.message(key)? {
-                if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
-                    items.push(serde_json::json!({
-                        "message_id": s.message_id(), "subject": s.subject(), "author": s.author(),
-                        "date": iso_date(s.date()), "in_reply_to": s.parent(),
-                        "url": urls::message(list.address.as_str(), s.message_id()),
-                    }));
-                }
-            }
+pub async fn robots(State(st): St) -> Result<Response, WebError> {
+    let mut hidden = Vec::new();
+    for l in st.store.lists()? {
+        if l.settings.archive != ArchiveVisibility::Public {
+            hidden.push(urls::list(l.address.as_str()));
         }
-        let total = st.store.archived_count(list.id)?;
-        Ok(
-            serde_json::json!({ "list": list.address.as_str(), "page": page, "per_page": per, "total": total, "messages": items }),
-        )
-    })();
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => json_error(e),
     }
+    let txt = st.templates.render(
+        "robots.txt",
+        minijinja::context! { hidden => hidden, sitemap => Option::<String>::None },
+    )?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        txt,
+    )
+        .into_response())
 }
 
-pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, String)>) -> Response {
-    let r = (|| -> Result<serde_json::Value, WebError> {
-        let list = st.list_record(&address)?;
-        let policy = Policy::for_list(list.address.as_str());
-        let stored = st.stored(&list, &mid)?;
-        let msg = st.public(&policy, &stored)?;
-        let mut v = serde_json::to_value(&msg).map_err(|e| WebError::Internal(e.to_string()))?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("list".into(), list.address.as_str().into());
-            o.insert("date".into(), iso_date(msg.date()).into());
-            o.insert(
-                "url".into(),
-                urls::message(list.address.as_str(), msg.message_id()).into(),
-            );
-        }
-        Ok(v)
-    })();
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => json_error(e),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub async fn api_search(State(st): St, Query(p): Query<SearchParams>) -> Response {
-    match run_search(&st, &p) {
-        Ok(None) => json_error(WebError::BadRequest("Missing q.".into())),
-        Ok(Some(o)) => {
-            let hits: Vec<serde_json::Value> = o
-                .results
-                .hits
-                .iter()
-                .map(|h| {
-                    let addr = o.lists.get(&h.key.list.0).cloned().unwrap_or_default();
-                    serde_json::json!({
-                        "list": addr, "message_id": h.message_id, "subject": h.subject, "from": h.from,
-                        "date": iso_date(h.date), "score": h.score, "snippet": h.snippet,
-                        "url": urls::message(&addr, &h.message_id),
-                    })
-                })
-                .collect();
-            Json(serde_json::json!({ "total": o.results.total, "offset": o.results.offset, "hits": hits }))
-                .into_response()
-        }
-        Err(e) => json_error(e),
+    #[test]
+    fn filenames_are_safe() {
+        assert_eq!(safe_filename("../../etc/passwd"), "_.._etc_passwd");
+        assert_eq!(safe_filename("a\"b\r\nc.pdf"), "a_b__c.pdf");
+        assert_eq!(safe_filename("..."), "attachment");
+        assert_eq!(safe_filename("résumé.pdf"), "résumé.pdf");
+    }
+
+    #[test]
+    fn months_parse_strictly() {
+        assert!(month_range("2024", "02").is_some());
+        assert!(month_range("2024", "13").is_none());
+        assert!(month_range("24", "02").is_none());
+        assert!(month_range("2024", "2").is_none());
     }
 }

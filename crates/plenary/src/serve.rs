@@ -139,13 +139,26 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
     let web_addr = web.local_addr()?;
     let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let threads = plenary_web::ThreadCache::new(store.clone()).map_err(|e| anyhow::anyhow!("thread views: {e}"))?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
         store: store.clone(),
         search: search.clone(),
         templates,
         settings: config.web.clone(),
+        threads,
     });
+    {
+        // Thread every list now, off the request path, so the first visitor does not wait.
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            match st.threads.warm() {
+                Ok(()) => tracing::info!(ms = t.elapsed().as_millis() as u64, "thread views ready"),
+                Err(e) => tracing::warn!(error = %e, "threading the archive failed; pages will retry"),
+            }
+        });
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(plenary_smtp::serve(smtp, Protocol::Smtp, ctx.clone()));

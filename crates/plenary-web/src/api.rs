@@ -1,0 +1,102 @@
+//! The JSON read API (public data only, redacted like the pages).
+
+use crate::error::json_error;
+use crate::pages::{list_views, St};
+use crate::views::iso_date;
+use crate::{urls, WebError};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use plenary_core::list::ArchiveVisibility;
+use plenary_redact::Policy;
+use serde::Deserialize;
+
+pub async fn api_lists(State(st): St) -> Response {
+    let public = |addr: &str| {
+        st.store
+            .list(addr)
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.settings.archive != ArchiveVisibility::Private)
+    };
+    match list_views(&st) {
+        Ok(lists) => Json(serde_json::json!({ "lists": lists.iter().map(|l| {
+            let v = serde_json::to_value(l).unwrap_or_default();
+            let addr = v["address"].as_str().unwrap_or_default().to_string();
+            serde_json::json!({
+                "address": addr, "name": v["name"], "description": v["description"],
+                "messages": if public(&addr) { v["count"].clone() } else { serde_json::Value::Null },
+                "url": v["url"], "archive_public": public(&addr),
+            })
+        }).collect::<Vec<_>>() }))
+        .into_response(),
+        Err(e) => json_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PageParams {
+    page: Option<String>,
+}
+
+pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): Query<PageParams>) -> Response {
+    let r = (|| -> Result<serde_json::Value, WebError> {
+        let list = st.public_list(&address)?;
+        let policy = Policy::for_list(list.address.as_str());
+        let page: usize = match p.page.as_deref() {
+            None | Some("") => 1,
+            Some(s) => s
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1 && *n <= 10_000)
+                .ok_or_else(|| WebError::BadRequest("The page number is not valid.".into()))?,
+        };
+        let per = 50usize;
+        let want = page * per;
+        let keys = st.store.recent(list.id, want)?;
+        let mut items = Vec::new();
+        for (key, _) in keys.into_iter().skip((page - 1) * per) {
+            if let Some(m) = st.store.message(key)? {
+                if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
+                    items.push(serde_json::json!({
+                        "message_id": s.message_id(), "subject": s.subject(), "author": s.author(),
+                        "date": iso_date(s.date()), "in_reply_to": s.parent(),
+                        "url": urls::message(list.address.as_str(), s.message_id()),
+                    }));
+                }
+            }
+        }
+        let total = st.store.archived_count(list.id)?;
+        Ok(
+            serde_json::json!({ "list": list.address.as_str(), "page": page, "per_page": per, "total": total, "messages": items }),
+        )
+    })();
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => json_error(e),
+    }
+}
+
+pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, String)>) -> Response {
+    let r = (|| -> Result<serde_json::Value, WebError> {
+        let list = st.public_list(&address)?;
+        let policy = Policy::for_list(list.address.as_str());
+        let stored = st.stored(&list, &mid)?;
+        let raw = st.store.raw(&stored)?;
+        let msg = plenary_redact::redact(stored.key, &stored.meta, &raw, &policy).ok_or(WebError::NotFound)?;
+        let mut v = serde_json::to_value(&msg).map_err(|e| WebError::Internal(e.to_string()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("list".into(), list.address.as_str().into());
+            o.insert("date".into(), iso_date(msg.date()).into());
+            o.insert(
+                "url".into(),
+                urls::message(list.address.as_str(), msg.message_id()).into(),
+            );
+        }
+        Ok(v)
+    })();
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => json_error(e),
+    }
+}
