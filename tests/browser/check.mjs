@@ -140,6 +140,18 @@ async function checkPage(browser, opts, page, maxTabs) {
     }
 
     // d.: screenshots, and no horizontal scrolling on a phone.
+    // Chromium cannot capture a texture taller than about 16,000 device pixels: very long
+    // pages (a 50-message thread) are captured down to that height.
+    async function screenshot(tab, file, width) {
+      const height = await tab.evaluate(() => document.documentElement.scrollHeight);
+      const scale = await tab.evaluate(() => window.devicePixelRatio || 1);
+      const max = Math.floor(15000 / scale);
+      if (height <= max) {
+        await tab.screenshot({ path: file, fullPage: true });
+      } else {
+        await tab.screenshot({ path: file, fullPage: true, clip: { x: 0, y: 0, width, height: max } });
+      }
+    }
     {
       const ctx = await newContext({
         viewport: PHONE, isMobile: true, hasTouch: true, deviceScaleFactor: 2,
@@ -154,14 +166,14 @@ async function checkPage(browser, opts, page, maxTabs) {
         );
       }
       r.screenshots.phone = path.join(opts.out, `${page.name}-phone.png`);
-      await tab.screenshot({ path: r.screenshots.phone, fullPage: true });
+      await screenshot(tab, r.screenshots.phone, PHONE.width);
     }
     {
       const ctx = await newContext({ viewport: DESKTOP });
       const tab = await ctx.newPage();
       await gotoExpecting(tab, url, expectStatus, r, 'desktop');
       r.screenshots.desktop = path.join(opts.out, `${page.name}-desktop.png`);
-      await tab.screenshot({ path: r.screenshots.desktop, fullPage: true });
+      await screenshot(tab, r.screenshots.desktop, DESKTOP.width);
     }
   } catch (e) {
     r.harnessError = e instanceof HarnessError ? e.message : (e?.message || String(e)).split('\n')[0];

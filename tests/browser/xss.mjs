@@ -85,6 +85,7 @@ async function probePage(browser, opts, page, settleMs) {
     navigations: [],
     // informational
     linkClicks: [],
+    unsafeLinks: [],
     reloads: [],
     cspViolations: [],
     pageErrors: [],
@@ -106,6 +107,15 @@ async function probePage(browser, opts, page, settleMs) {
     await context.route('**/*', async (route) => {
       const req = route.request();
       const reqUrl = req.url();
+      // A link in a message that the harness itself clicked, followed to where its href
+      // says: what any reader could do, not something the page did on its own. Recorded,
+      // aborted, not a failure. Anything else that leaves the site is.
+      const followedLink = clicking && clicking.href && req.isNavigationRequest() &&
+        withoutHash(clicking.href) === withoutHash(reqUrl) && /^https?:/i.test(reqUrl);
+      if (!isOwn(reqUrl, opts.base) && followedLink) {
+        r.linkClicks.push({ selector: clicking.selector, url: truncate(reqUrl, 300) });
+        return route.abort('aborted').catch(() => {});
+      }
       if (!isOwn(reqUrl, opts.base)) {
         r.foreignRequests.push({
           url: truncate(reqUrl, 300), type: req.resourceType(), duringClick: clicking?.selector ?? null,
@@ -201,6 +211,10 @@ async function probePage(browser, opts, page, settleMs) {
         href: el.localName === 'a' && el.href ? String(el.href) : null,
       }));
     }, opts['body-selector']);
+    // Links a message can carry may only lead to web pages or mail addresses.
+    for (const t of targets) {
+      if (t.href && !/^(https?:|mailto:)/i.test(t.href)) r.unsafeLinks.push({ selector: t.selector, href: truncate(t.href, 200) });
+    }
     for (let i = 0; i < targets.length; i++) {
       clicking = targets[i];
       const point = await tab.evaluate((i) => {
@@ -232,6 +246,7 @@ async function probePage(browser, opts, page, settleMs) {
   for (const p of r.popups) r.failures.push(`popup opened: ${p.url}`);
   for (const q of r.foreignRequests) r.failures.push(`request to another host (${q.type}): ${q.url}`);
   for (const n of r.navigations) r.failures.push(`navigation away (${n.how}) to ${n.to}`);
+  for (const u of r.unsafeLinks) r.failures.push(`link with an unsafe scheme: ${u.selector} -> ${u.href}`);
   r.ms = Date.now() - t0;
   return r;
 }
@@ -252,7 +267,7 @@ function printPage(r) {
     `clicked ${r.interacted.clicked} in the body`);
   for (const c of r.cspViolations) console.log(`   info: CSP blocked: ${truncate(c, 160)}`);
   for (const e of r.pageErrors) console.log(`   info: page error: ${e}`);
-  for (const l of r.linkClicks) console.log(`   info: same-site link clicked (navigation aborted): ${l.url}`);
+  for (const l of r.linkClicks) console.log(`   info: link clicked, navigation aborted: ${l.url}`);
   for (const l of r.reloads) console.log(`   info: reload of the page aborted${l.duringClick ? ` (clicked ${l.duringClick})` : ''}`);
   for (const f of r.failures) console.log(`   FAIL ${f}`);
   if (r.harnessError) console.log(`   ERROR ${r.harnessError}`);

@@ -100,3 +100,47 @@ pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, Stri
         Err(e) => json_error(e),
     }
 }
+
+/// Threads of a list, newest activity first, each with its messages in reading order
+/// (`depth` for the tree; missing parents with several replies appear as `null`).
+pub async fn api_threads(State(st): St, Path(address): Path<String>, Query(p): Query<PageParams>) -> Response {
+    let r = (|| -> Result<serde_json::Value, WebError> {
+        let list = st.public_list(&address)?;
+        let policy = Policy::for_list(list.address.as_str());
+        let page = crate::views::page_param(p.page.as_deref(), 100_000)?;
+        let per = 100usize;
+        let (threads, total) = st.threads.with(list.id, |t| {
+            let infos = t.recent((page - 1) * per, per);
+            let trees: Vec<_> = infos.iter().map(|i| (i.clone(), t.tree(i.id))).collect();
+            (trees, t.thread_count())
+        })?;
+        let mut out = Vec::new();
+        for (info, tree) in threads {
+            let mut msgs = Vec::new();
+            for row in tree {
+                match row.seq {
+                    Some(seq) => {
+                        let Some(m) = st.store.message(plenary_core::MessageKey { list: list.id, seq })? else {
+                            continue;
+                        };
+                        if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
+                            msgs.push(serde_json::json!({ "message_id": s.message_id(), "depth": row.depth }));
+                        }
+                    }
+                    None => msgs.push(serde_json::json!({ "message_id": null, "depth": row.depth })),
+                }
+            }
+            out.push(serde_json::json!({
+                "count": info.count, "participants": info.participants,
+                "first": iso_date(info.first), "last": iso_date(info.last), "messages": msgs,
+            }));
+        }
+        Ok(
+            serde_json::json!({ "list": list.address.as_str(), "page": page, "per_page": per, "total": total, "threads": out }),
+        )
+    })();
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => json_error(e),
+    }
+}

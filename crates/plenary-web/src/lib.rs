@@ -106,6 +106,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/lists/{list}/t/{mid}/mbox", get(mbox::thread_mbox))
         .route("/api/v1/lists", get(api::api_lists))
         .route("/api/v1/lists/{list}/messages", get(api::api_messages))
+        .route("/api/v1/lists/{list}/threads", get(api::api_threads))
         .route("/api/v1/lists/{list}/messages/{mid}", get(api::api_message))
         .route("/api/v1/search", get(search::api_search))
         .fallback(pages::not_found)

@@ -12,7 +12,12 @@ use std::sync::LazyLock;
 const FOLD_QUOTE_LINES: usize = 4;
 
 static URL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"https?://[^\s<>"'`\x00-\x1f]+"#).unwrap_or_else(|e| unreachable!("constant regex: {e}"))
+    // A host name (or bracketed IPv6 address), an optional port, then anything up to a space
+    // or a character that cannot be in a URL. `http://;URL=javascript:…` is not a link.
+    Regex::new(
+        r#"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?(?:[/?#][^\s<>"'`\x00-\x1f]*)?"#,
+    )
+    .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
 });
 
 pub fn escape(s: &str, out: &mut String) {
@@ -138,6 +143,12 @@ mod tests {
         assert!(h.contains("&lt;script&gt;"));
         assert!(h.contains("<a href=\"https://example.org/a?b=1&amp;c=\" rel="));
         assert!(h.contains(">https://ex.org/p_(1)</a>)."), "{h}");
+        let h = text_to_html("http://;URL=javascript:alert(1) and http://ex.org:8080/x and http://[::1]/y");
+        assert!(!h.contains("href=\"http://;"), "{h}");
+        assert!(
+            h.contains("href=\"http://ex.org:8080/x\"") && h.contains("href=\"http://[::1]/y\""),
+            "{h}"
+        );
         let h = text_to_html("javascript:alert(1) http://\" onmouseover=alert(1)");
         assert!(!h.contains("href=\"javascript"));
         assert!(!h.contains("\" onmouseover"), "{h}");
