@@ -23,7 +23,6 @@ mod engine;
 mod keys;
 mod read;
 pub mod records;
-mod threads;
 
 pub use commit::{IngestRequest, IngestTarget, PostHandling, TargetOutcome};
 pub use engine::Write;
@@ -31,7 +30,6 @@ pub use records::{
     FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, LogEntry, MonthCount, Pending, PendingAction, RetryEntry,
     StoredMessage,
 };
-pub use threads::MAX_THREAD;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
