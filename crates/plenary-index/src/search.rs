@@ -294,6 +294,18 @@ impl SearchIndex {
                 total = n;
             }
         }
+        // The query's body terms (stemmed, folded), to find where a body matches cheaply.
+        let mut body_terms: Vec<String> = Vec::new();
+        query.query_terms(&mut |term, _| {
+            if f.body.contains(&term.field()) {
+                if let Some(t) = term.value().as_str() {
+                    let t = t.to_ascii_lowercase();
+                    if !t.is_empty() && !body_terms.contains(&t) {
+                        body_terms.push(t);
+                    }
+                }
+            }
+        });
         // One snippet generator per body field that results come from.
         let mut gens: std::collections::HashMap<usize, SnippetGenerator> = std::collections::HashMap::new();
         let mut hits = Vec::with_capacity(top.len());
@@ -315,7 +327,7 @@ impl SearchIndex {
                     .unwrap_or_default()
                     .to_string()
             };
-            let snippet = gen.snippet_from_doc(&doc);
+            let snippet = best_snippet(gen, &text(f.body[li]), &body_terms);
             let fragment = snippet.fragment();
             let mut parts = Vec::new();
             let mut at = 0;
@@ -355,3 +367,62 @@ impl SearchIndex {
         })
     }
 }
+
+/// A snippet from a window of the body that contains a match. The snippet generator
+/// tokenises and stems all the text it is given, which for whole bodies measured 77 % of a
+/// search's CPU. So first the window around the earliest place where a query term's first
+/// letters appear (a stem is nearly always a prefix of the word; byte offsets survive ASCII
+/// lower-casing); when no term appears at all, the opening; only if that heuristic fails,
+/// windows in turn up to [`SNIPPET_SCAN`] bytes.
+fn best_snippet(gen: &SnippetGenerator, body: &str, terms: &[String]) -> tantivy::snippet::Snippet {
+    const WINDOW: usize = 1_500;
+    const OVERLAP: usize = 200;
+    let boundary = |mut i: usize| {
+        i = i.min(body.len());
+        while !body.is_char_boundary(i) {
+            i += 1;
+        }
+        i
+    };
+    let lower = body.to_ascii_lowercase();
+    let first_hit = terms
+        .iter()
+        .filter_map(|t| {
+            let mut n = t.len().min(5);
+            while !t.is_char_boundary(n) {
+                n -= 1;
+            }
+            lower.find(&t[..n])
+        })
+        .min();
+    if let Some(at) = first_hit {
+        // A little more than the 240 characters a snippet shows, on both sides of the match.
+        let start = boundary(at.saturating_sub(300));
+        let s = gen.snippet(&body[start..boundary(at + 400)]);
+        if !s.highlighted().is_empty() {
+            return s;
+        }
+    } else if !terms.is_empty() {
+        // No term's first letters anywhere in the body: it matched by its subject, sender or
+        // an attachment name. Its opening is the snippet.
+        return gen.snippet(&body[..boundary(700)]);
+    }
+    let mut start = 0;
+    let mut first = None;
+    while start < body.len() && start < SNIPPET_SCAN {
+        let end = boundary(start + WINDOW);
+        let s = gen.snippet(&body[start..end]);
+        if !s.highlighted().is_empty() {
+            return s;
+        }
+        first.get_or_insert(s);
+        if end >= body.len() {
+            break;
+        }
+        start = boundary(end - OVERLAP);
+    }
+    first.unwrap_or_else(|| gen.snippet(""))
+}
+
+/// How much of a body is searched for a snippet.
+const SNIPPET_SCAN: usize = 30_000;

@@ -55,7 +55,9 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
 });
 static AT_FORM: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b[a-z0-9._%+-]+ at [a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b")
+    // ASCII word boundaries: a Unicode `\b` makes the regex engine leave its fast DFA as soon
+    // as a text has one non-ASCII character, which measured 40 % of a thread page's CPU.
+    Regex::new(r"(?i)(?-u:\b)[a-z0-9._%+-]+ at [a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?-u:\b)")
         .unwrap_or_else(|e| unreachable!("constant regex: {e}"))
 });
 

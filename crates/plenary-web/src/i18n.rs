@@ -80,6 +80,23 @@ impl Catalogs {
         self.langs.get(lang).is_some_and(|c| c.entries.contains_key(msgid))
     }
 
+    /// Every language the interface can be shown in, English first, with its own name (the
+    /// tag, for a catalog a deployer added that we have no name for).
+    pub fn languages(&self) -> Vec<(String, String)> {
+        let mut codes: Vec<&String> = self.langs.keys().collect();
+        codes.sort();
+        let name = |c: &str| {
+            NAMES
+                .iter()
+                .find(|(k, _)| *k == c)
+                .map(|(_, n)| n.to_string())
+                .unwrap_or_else(|| c.to_string())
+        };
+        std::iter::once(("en".to_string(), name("en")))
+            .chain(codes.into_iter().filter(|c| *c != "en").map(|c| (c.clone(), name(c))))
+            .collect()
+    }
+
     /// Whether the interface can be shown in `lang`.
     pub fn has(&self, lang: &str) -> bool {
         lang == "en" || self.langs.contains_key(lang)
@@ -263,5 +280,20 @@ mod tests {
         assert_eq!(c.negotiate(Some("fr"), Some("en")), "fr");
         assert_eq!(c.negotiate(Some("xx"), None), "en");
         assert_eq!(fill("{n} replies", &[("n".into(), "3".into())]), "3 replies");
+    }
+
+    #[test]
+    fn a_deployer_can_replace_or_add_a_catalog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("i18n")).expect("mkdir");
+        std::fs::write(dir.path().join("i18n/fr.po"), "msgid \"Search\"\nmsgstr \"Chercher\"\n").expect("write");
+        std::fs::write(dir.path().join("i18n/es.po"), "msgid \"Search\"\nmsgstr \"Buscar\"\n").expect("write");
+        let c = Catalogs::load(Some(dir.path())).expect("catalogs");
+        assert_eq!(c.get("fr", "Search", None), "Chercher");
+        assert_eq!(c.get("es", "Search", None), "Buscar");
+        assert_eq!(c.negotiate(None, Some("es-MX")), "es");
+        std::fs::write(dir.path().join("i18n/de.po"), "msgid \"Search\nmsgstr \"Suchen\"\n").expect("write");
+        let err = Catalogs::load(Some(dir.path())).expect_err("a broken catalog is refused");
+        assert!(err.contains("de.po") && err.contains("line 1"), "{err}");
     }
 }

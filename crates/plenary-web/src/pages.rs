@@ -93,9 +93,10 @@ impl AppState {
             m.insert("here".into(), req.here.clone().into());
             m.insert(
                 "languages".into(),
-                crate::i18n::NAMES
-                    .iter()
-                    .filter(|(c, _)| self.templates.catalogs().has(c))
+                self.templates
+                    .catalogs()
+                    .languages()
+                    .into_iter()
                     .map(|(c, n)| serde_json::json!({ "code": c, "name": n }))
                     .collect::<Vec<_>>()
                     .into(),
