@@ -329,6 +329,67 @@ impl Engine {
         Ok(Requested::ConfirmationSent)
     }
 
+    /// A member asks to read a members-only archive on the web: mail them a single-use link.
+    /// A non-member gets the same answer and no mail (the form does not reveal membership).
+    pub fn request_access(&self, list_addr: &str, address: &str, ip: Option<IpAddr>) -> Result<Requested, EngineError> {
+        let list = self.list(list_addr)?;
+        let addr = MemberAddress::parse(address).map_err(|e| EngineError::Invalid(format!("{address:?}: {e}")))?;
+        if let Some(ip) = ip {
+            if !self.limit(format!("ip:{ip}"), self.settings.confirm_per_ip) {
+                return Err(EngineError::RateLimited);
+            }
+        }
+        if self.store.member(list.id, &addr)?.is_none() {
+            return Ok(Requested::NothingToDo);
+        }
+        if !self.limit(format!("addr:{addr}"), self.settings.confirm_per_address) {
+            return Err(EngineError::RateLimited);
+        }
+        let tok = token::new_token();
+        let pending = self.pending(
+            PendingAction::ArchiveAccess {
+                list: list.id,
+                address: addr.clone(),
+            },
+            1,
+        );
+        let body = format!(
+            "Someone (hopefully you) asked to read the archive of the mailing list {list},\n\
+             which only its members may read.\n\n\
+             Open this page and press the button to read it in that browser:\n\n  {base}/access/{tok}\n\n\
+             If you did not ask for this, ignore this message: nothing will happen\n\
+             and the link stops working in {days} days.\n",
+            list = list.address,
+            base = self.base(),
+            days = self.settings.token_ttl.as_secs().div_ceil(86_400),
+        );
+        let w = self.notice(
+            &list,
+            &addr,
+            &format!("Your link to the archive of {}", list.address),
+            &body,
+            None,
+            None,
+            Auto::Generated,
+        )?;
+        self.store.apply(vec![Write::PutToken(tok, pending), w])?;
+        Ok(Requested::ConfirmationSent)
+    }
+
+    /// Use an archive-access token (once): the list and the member it was sent to, who must
+    /// still be a member.
+    pub fn redeem_access(&self, tok: &str) -> Result<(ListRecord, MemberAddress), EngineError> {
+        let (list, action) = self.describe_token(tok)?;
+        let PendingAction::ArchiveAccess { address, .. } = action else {
+            return Err(EngineError::BadToken);
+        };
+        self.store.apply(vec![Write::RemoveToken(tok.to_string())])?;
+        if self.store.member(list.id, &address)?.is_none() {
+            return Err(EngineError::BadToken);
+        }
+        Ok((list, address))
+    }
+
     /// Ask to leave: sends a confirmation to the member.
     pub fn request_unsubscribe(
         &self,
@@ -390,7 +451,8 @@ impl Engine {
             PendingAction::Subscribe { list, .. }
             | PendingAction::ApproveSubscription { list, .. }
             | PendingAction::Unsubscribe { list, .. }
-            | PendingAction::Moderate { list, .. } => self.list_by_id(*list)?,
+            | PendingAction::Moderate { list, .. }
+            | PendingAction::ArchiveAccess { list, .. } => self.list_by_id(*list)?,
         };
         Ok((list, p.action))
     }
@@ -406,6 +468,8 @@ impl Engine {
         let (list, action) = self.describe_token(tok)?;
         let actor = from.map(|a| a.to_string()).unwrap_or_else(|| "web".into());
         match action {
+            // Archive access is used only through its own web page, never by a reply.
+            PendingAction::ArchiveAccess { .. } => Err(EngineError::BadToken),
             PendingAction::Subscribe {
                 address,
                 name,

@@ -119,6 +119,8 @@ pub enum PendingAction {
     Unsubscribe { list: ListId, address: MemberAddress },
     /// A moderator decides on a held post.
     Moderate { list: ListId, held: u64 },
+    /// A member asked to read a members-only archive on the web.
+    ArchiveAccess { list: ListId, address: MemberAddress },
 }
 
 /// A single-use token and when it stops working.

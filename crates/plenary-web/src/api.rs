@@ -39,9 +39,14 @@ pub struct PageParams {
     page: Option<String>,
 }
 
-pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): Query<PageParams>) -> Response {
+pub async fn api_messages(
+    State(st): St,
+    req: crate::pages::Req,
+    Path(address): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Response {
     let r = (|| -> Result<serde_json::Value, WebError> {
-        let list = st.public_list(&address)?;
+        let list = st.readable_list(&req, &address)?;
         let policy = Policy::for_list(list.address.as_str());
         let page: usize = match p.page.as_deref() {
             None | Some("") => 1,
@@ -77,9 +82,13 @@ pub async fn api_messages(State(st): St, Path(address): Path<String>, Query(p): 
     }
 }
 
-pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, String)>) -> Response {
+pub async fn api_message(
+    State(st): St,
+    req: crate::pages::Req,
+    Path((address, mid)): Path<(String, String)>,
+) -> Response {
     let r = (|| -> Result<serde_json::Value, WebError> {
-        let list = st.public_list(&address)?;
+        let list = st.readable_list(&req, &address)?;
         let policy = Policy::for_list(list.address.as_str());
         let stored = st.stored(&list, &mid)?;
         let raw = st.store.raw(&stored)?;
@@ -103,9 +112,14 @@ pub async fn api_message(State(st): St, Path((address, mid)): Path<(String, Stri
 
 /// Threads of a list, newest activity first, each with its messages in reading order
 /// (`depth` for the tree; missing parents with several replies appear as `null`).
-pub async fn api_threads(State(st): St, Path(address): Path<String>, Query(p): Query<PageParams>) -> Response {
+pub async fn api_threads(
+    State(st): St,
+    req: crate::pages::Req,
+    Path(address): Path<String>,
+    Query(p): Query<PageParams>,
+) -> Response {
     let r = (|| -> Result<serde_json::Value, WebError> {
-        let list = st.public_list(&address)?;
+        let list = st.readable_list(&req, &address)?;
         let policy = Policy::for_list(list.address.as_str());
         let page = crate::views::page_param(p.page.as_deref(), 100_000)?;
         let per = 100usize;

@@ -42,6 +42,7 @@ struct Entry {
 /// A feed of these messages (newest first), each redacted with its own list's policy.
 pub(crate) fn feed_response(
     st: &AppState,
+    req: &crate::pages::Req,
     title: &str,
     self_url: &str,
     html_url: &str,
@@ -61,7 +62,7 @@ pub(crate) fn feed_response(
                 lists.entry(key.list).or_insert(l)
             }
         };
-        if list.settings.archive == plenary_core::list::ArchiveVisibility::Private {
+        if !st.may_read(req, list) {
             continue;
         }
         let Some(m) = st.store.message(key)? else { continue };
@@ -110,8 +111,12 @@ pub(crate) fn feed_response(
     Ok(res)
 }
 
-pub async fn list_feed(State(st): St, Path(address): Path<String>) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+pub async fn list_feed(
+    State(st): St,
+    req: crate::pages::Req,
+    Path(address): Path<String>,
+) -> Result<Response, WebError> {
+    let list = st.readable_list(&req, &address)?;
     let keys = st
         .store
         .recent(list.id, FEED_ENTRIES)?
@@ -126,6 +131,7 @@ pub async fn list_feed(State(st): St, Path(address): Path<String>) -> Result<Res
     };
     feed_response(
         &st,
+        &req,
         &title,
         &format!("{html}atom.xml"),
         &html,
@@ -134,8 +140,12 @@ pub async fn list_feed(State(st): St, Path(address): Path<String>) -> Result<Res
     )
 }
 
-pub async fn thread_feed(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+pub async fn thread_feed(
+    State(st): St,
+    req: crate::pages::Req,
+    Path((address, mid)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    let list = st.readable_list(&req, &address)?;
     let stored = st.stored(&list, &mid)?;
     let seqs = match st.thread_of(&stored)? {
         Some(id) => st.threads.with(list.id, |t| t.messages(id))?,
@@ -158,6 +168,7 @@ pub async fn thread_feed(State(st): St, Path((address, mid)): Path<(String, Stri
     );
     feed_response(
         &st,
+        &req,
         &subject,
         &format!("{html}atom.xml"),
         &html,

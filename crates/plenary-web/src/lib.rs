@@ -88,6 +88,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/lists/{list}/authors/{key}/", get(pages::author))
         .route("/lists/{list}/subscribe", post(membership::subscribe))
         .route("/lists/{list}/unsubscribe", post(membership::unsubscribe))
+        .route("/lists/{list}/access", post(membership::access_request))
+        .route(
+            "/access/{token}",
+            get(membership::confirm_page).post(membership::access_post),
+        )
         .route(
             "/confirm/{token}",
             get(membership::confirm_page).post(membership::confirm_post),

@@ -128,17 +128,22 @@ fn stem(address: &str) -> String {
         .collect()
 }
 
-pub async fn list_mbox(State(st): St, Path(address): Path<String>) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+pub async fn list_mbox(
+    State(st): St,
+    req: crate::pages::Req,
+    Path(address): Path<String>,
+) -> Result<Response, WebError> {
+    let list = st.readable_list(&req, &address)?;
     let name = format!("{}.mbox", stem(list.address.as_str()));
     Ok(stream(st.clone(), list.address.to_string(), Walk::List(list.id), name))
 }
 
 pub async fn month_mbox(
     State(st): St,
+    req: crate::pages::Req,
     Path((address, year, month)): Path<(String, String, String)>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let (y, m, from, to) = month_range(&year, &month).ok_or(WebError::NotFound)?;
     // Keys only (20 bytes each): the messages themselves are streamed.
     let keys: Vec<MessageKey> = st
@@ -151,8 +156,12 @@ pub async fn month_mbox(
     Ok(stream(st.clone(), list.address.to_string(), Walk::Keys(keys), name))
 }
 
-pub async fn thread_mbox(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+pub async fn thread_mbox(
+    State(st): St,
+    req: crate::pages::Req,
+    Path((address, mid)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    let list = st.readable_list(&req, &address)?;
     let stored = st.stored(&list, &mid)?;
     let seqs = match st.thread_of(&stored)? {
         Some(id) => st.threads.with(list.id, |t| t.messages(id))?,

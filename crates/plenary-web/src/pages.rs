@@ -37,6 +37,8 @@ pub(crate) use ctx;
 
 /// What every page needs to know about the request: the reader's language and where they are.
 pub struct Req {
+    /// The Cookie header (archive-access cookies are checked against it).
+    pub cookie: String,
     pub lang: String,
     /// Path and query of this page (for the language switch to come back to).
     pub here: String,
@@ -46,11 +48,14 @@ impl FromRequestParts<Arc<AppState>> for Req {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Req, Self::Rejection> {
-        let cookie = parts
+        let all_cookies: Vec<&str> = parts
             .headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
+            .collect();
+        let cookie = all_cookies
+            .iter()
             .flat_map(|v| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
             .find(|(k, _)| *k == LANG_COOKIE)
@@ -62,7 +67,11 @@ impl FromRequestParts<Arc<AppState>> for Req {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        Ok(Req { lang, here })
+        Ok(Req {
+            cookie: all_cookies.join("; "),
+            lang,
+            here,
+        })
     }
 }
 
@@ -123,6 +132,7 @@ impl AppState {
     pub(crate) fn page(&self, name: &str, ctx: serde_json::Value) -> Result<Response, WebError> {
         self.page_for(
             &Req {
+                cookie: String::new(),
                 lang: "en".into(),
                 here: "/".into(),
             },
@@ -229,7 +239,10 @@ pub async fn list(
     Query(p): Query<ListParams>,
     headers: HeaderMap,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = match st.readable_list(&req, &address) {
+        Err(WebError::Private) => return access_page(&st, &req, &address, &headers),
+        other => other?,
+    };
     let page = page_param(p.page.as_deref(), 100_000)?;
     let (infos, total) = st.threads.with(list.id, |t| {
         (t.recent((page - 1) * PER_PAGE, PER_PAGE), t.thread_count())
@@ -265,6 +278,21 @@ pub async fn list(
     Ok(res)
 }
 
+/// A members-only archive: say so, and offer members a link by mail.
+fn access_page(st: &AppState, req: &Req, address: &str, headers: &HeaderMap) -> Result<Response, WebError> {
+    let list = st.list_record(address)?;
+    let (csrf, cookie) = crate::membership::csrf_token(headers, &st.settings.base_url);
+    let mut res = st.page_for(
+        req,
+        "access.html",
+        ctx! { list => ListView::of(&list, 0), csrf, noindex => true, breadcrumbs => crumbs(Some(&list), None, None),
+        days => crate::membership::ACCESS_DAYS, owner_address => list.address.sub("owner") },
+    )?;
+    *res.status_mut() = StatusCode::FORBIDDEN;
+    crate::membership::set_cookie(&mut res, cookie);
+    Ok(res)
+}
+
 /// `[start, end)` of a month in Unix seconds, if the path parts name a real month.
 pub(crate) fn month_range(year: &str, month: &str) -> Option<(i32, u32, i64, i64)> {
     let (y, m) = (year.parse::<i32>().ok()?, month.parse::<u32>().ok()?);
@@ -287,7 +315,7 @@ pub async fn month(
     Path((address, year, month)): Path<(String, String, String)>,
     Query(p): Query<ListParams>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let (y, m, from, to) = month_range(&year, &month).ok_or(WebError::NotFound)?;
     let by = match p.by.as_deref() {
@@ -361,7 +389,7 @@ pub async fn authors(
     Path(address): Path<String>,
     Query(p): Query<ListParams>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let page = page_param(p.page.as_deref(), 100_000)?;
     let all = st.threads.with(list.id, |t| t.authors())?;
@@ -406,7 +434,7 @@ pub async fn author(
     Path((address, key)): Path<(String, String)>,
     Query(p): Query<ListParams>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let author = (key.len() == 16)
         .then(|| u64::from_str_radix(&key, 16).ok())
@@ -519,7 +547,7 @@ pub async fn message(
     req: Req,
     Path((address, mid)): Path<(String, String)>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let msg = st.public(&policy, &stored)?;
@@ -617,8 +645,8 @@ pub async fn message(
     )
 }
 
-pub async fn raw(State(st): St, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+pub async fn raw(State(st): St, req: Req, Path((address, mid)): Path<(String, String)>) -> Result<Response, WebError> {
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let msg = st.public(&policy, &stored)?;
@@ -646,9 +674,10 @@ pub(crate) fn safe_filename(name: &str) -> String {
 
 pub async fn attachment(
     State(st): St,
+    req: Req,
     Path((address, mid, index, _name)): Path<(String, String, String, String)>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let index: usize = index.parse().map_err(|_| WebError::NotFound)?;
@@ -702,7 +731,7 @@ pub async fn thread(
     Path((address, mid)): Path<(String, String)>,
     Query(p): Query<ListParams>,
 ) -> Result<Response, WebError> {
-    let list = st.public_list(&address)?;
+    let list = st.readable_list(&req, &address)?;
     let policy = Policy::for_list(list.address.as_str());
     let stored = st.stored(&list, &mid)?;
     let current = stored.key.seq;

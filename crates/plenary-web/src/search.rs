@@ -7,7 +7,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use plenary_core::list::ArchiveVisibility;
 use plenary_core::MessageKey;
 use plenary_index::{Hit, IndexError, ListScope, SearchRequest, SearchResults, Sort};
 use serde::{Deserialize, Serialize};
@@ -37,7 +36,12 @@ pub(crate) struct SearchOutcome {
     pub groups_total: usize,
 }
 
-pub(crate) fn run_search(st: &AppState, p: &SearchParams, size: usize) -> Result<Option<SearchOutcome>, WebError> {
+pub(crate) fn run_search(
+    st: &AppState,
+    req: &Req,
+    p: &SearchParams,
+    size: usize,
+) -> Result<Option<SearchOutcome>, WebError> {
     let q = p.q.as_deref().unwrap_or("").trim();
     if q.is_empty() {
         return Ok(None);
@@ -65,7 +69,7 @@ pub(crate) fn run_search(st: &AppState, p: &SearchParams, size: usize) -> Result
             id: l.id,
             address: l.address.to_string(),
             language: l.settings.language,
-            public: l.settings.archive != ArchiveVisibility::Private,
+            public: st.may_read(req, l),
         })
         .collect();
     let offset = (page - 1).saturating_mul(size);
@@ -149,7 +153,7 @@ pub async fn search(State(st): St, req: Req, Query(p): Query<SearchParams>) -> R
     let q = p.q.clone().unwrap_or_default();
     let label = st.templates.tr(&req.lang, "Search");
     let size = st.settings.page_size;
-    let outcome = match run_search(&st, &p, size) {
+    let outcome = match run_search(&st, &req, &p, size) {
         Ok(o) => o,
         Err(WebError::BadRequest(msg)) => {
             let mut r = st.page_for(
@@ -228,8 +232,8 @@ pub async fn search(State(st): St, req: Req, Query(p): Query<SearchParams>) -> R
     )
 }
 
-pub async fn api_search(State(st): St, Query(p): Query<SearchParams>) -> Response {
-    match run_search(&st, &p, st.settings.page_size) {
+pub async fn api_search(State(st): St, req: Req, Query(p): Query<SearchParams>) -> Response {
+    match run_search(&st, &req, &p, st.settings.page_size) {
         Ok(None) => crate::error::json_error(WebError::BadRequest("Missing q.".into())),
         Ok(Some(o)) => {
             let hits: Vec<serde_json::Value> = o
@@ -253,12 +257,12 @@ pub async fn api_search(State(st): St, Query(p): Query<SearchParams>) -> Respons
 }
 
 /// The Atom feed of a search: its newest matches.
-pub async fn search_feed(State(st): St, Query(mut p): Query<SearchParams>) -> Result<Response, WebError> {
+pub async fn search_feed(State(st): St, req: Req, Query(mut p): Query<SearchParams>) -> Result<Response, WebError> {
     p.sort = Some("date".into());
     p.group = None;
     p.page = None;
     let q = p.q.clone().unwrap_or_default();
-    let Some(o) = run_search(&st, &p, crate::feeds::FEED_ENTRIES)? else {
+    let Some(o) = run_search(&st, &req, &p, crate::feeds::FEED_ENTRIES)? else {
         return Err(WebError::BadRequest("Missing q.".into()));
     };
     let mut keys = Vec::new();
@@ -278,5 +282,5 @@ pub async fn search_feed(State(st): St, Query(mut p): Query<SearchParams>) -> Re
         )
     );
     let html_url = self_url.replacen("/search/atom.xml?", "/search?", 1);
-    crate::feeds::feed_response(&st, &format!("Search: {q}"), &self_url, &html_url, None, keys)
+    crate::feeds::feed_response(&st, &req, &format!("Search: {q}"), &self_url, &html_url, None, keys)
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Every built-in template, by name.
-pub const BUILTIN: [(&str, &str); 16] = [
+pub const BUILTIN: [(&str, &str); 17] = [
+    ("access.html", include_str!("../../../archive-templates/access.html")),
     ("base.html", include_str!("../../../archive-templates/base.html")),
     ("index.html", include_str!("../../../archive-templates/index.html")),
     ("list.html", include_str!("../../../archive-templates/list.html")),

@@ -532,3 +532,153 @@ async fn search_sorts_groups_and_explains() {
         assert!(help.contains(syntax), "help explains {syntax}");
     }
 }
+
+async fn post_form(app: &Router, uri: &str, body: &str, cookie: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+    let res = app
+        .clone()
+        .oneshot(
+            Request::post(uri)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", cookie)
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = res.status();
+    let h = res.headers().clone();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    (status, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn set_cookie_pair(h: &axum::http::HeaderMap) -> Option<String> {
+    h.get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+}
+
+/// Access links mailed so far (from the delivery queue's notices).
+fn mailed_access_links(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for job in store.jobs().expect("jobs") {
+        if let plenary_store::JobKind::Notice { raw, .. } = job.what {
+            for w in raw.split_whitespace() {
+                if let Some(i) = w.find("/access/") {
+                    out.push(w[i..].to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn members_only_archive_opens_with_a_mailed_link() {
+    let (_dir, app, store) = app_with_store().await;
+    let list = "gov@lists.example.org";
+    let mut settings = store.list(list).expect("read").expect("list").settings;
+    settings.set("archive", "private").expect("set");
+    store.set_list_settings(list, settings).expect("save");
+    let engine = plenary_list::Engine::new(store.clone(), Default::default());
+    let ana = plenary_core::MemberAddress::parse("ana@example.net").expect("addr");
+    engine
+        .add_members(
+            list,
+            vec![(ana.clone(), "Ana".into(), plenary_core::list::Delivery::Each)],
+            false,
+        )
+        .expect("add");
+    // Without access: 403 with a form to ask for a link, nothing of the archive.
+    let (s, h, page) = get_with(&app, "/lists/gov@lists.example.org/", &[]).await;
+    let page = String::from_utf8_lossy(&page).into_owned();
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(
+        page.contains("action=\"/lists/gov@lists.example.org/access\"") && !page.contains("Charter"),
+        "{page}"
+    );
+    let csrf_cookie = set_cookie_pair(&h).expect("a CSRF cookie");
+    let csrf = csrf_cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    // A non-member and a member get the same answer; only the member gets mail.
+    let (s1, _, a1) = post_form(
+        &app,
+        "/lists/gov@lists.example.org/access",
+        &format!("csrf={csrf}&email=eve%40example.org"),
+        &csrf_cookie,
+    )
+    .await;
+    let (s2, _, a2) = post_form(
+        &app,
+        "/lists/gov@lists.example.org/access",
+        &format!("csrf={csrf}&email=ana%40example.net"),
+        &csrf_cookie,
+    )
+    .await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(
+        a1.replace("eve@example.org", "X"),
+        a2.replace("ana@example.net", "X"),
+        "no membership oracle"
+    );
+    let links = mailed_access_links(&store);
+    assert_eq!(links.len(), 1, "one link, to the member");
+    // Without the form's CSRF token nothing is sent.
+    let (s, _, _) = post_form(
+        &app,
+        "/lists/gov@lists.example.org/access",
+        "email=ana%40example.net",
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // The link: a GET asks, a POST opens (once) and sets a signed cookie.
+    let (s, _, ask) = get_with(&app, &links[0], &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&ask).contains("Open the archive"));
+    let (s, h, _) = post_form(&app, &links[0], &format!("csrf={csrf}"), &csrf_cookie).await;
+    assert!(s.is_redirection(), "{s}");
+    let access = set_cookie_pair(&h).expect("access cookie");
+    assert!(h["set-cookie"].to_str().unwrap_or("").contains("HttpOnly"));
+    let (s, _, _) = post_form(&app, &links[0], &format!("csrf={csrf}"), &csrf_cookie).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a link works once");
+    // With the cookie: every view, search and the feed.
+    for uri in [
+        "/lists/gov@lists.example.org/".to_string(),
+        format!("/lists/gov@lists.example.org/t/{ROOT_ID}/"),
+        "/lists/gov@lists.example.org/m/reply@example.net/".to_string(),
+        "/lists/gov@lists.example.org/atom.xml".to_string(),
+    ] {
+        let (s, h, body) = get_with(&app, &uri, &[("cookie", &access)]).await;
+        assert_eq!(s, StatusCode::OK, "{uri}");
+        assert!(String::from_utf8_lossy(&body).contains("Charter"), "{uri}");
+        if uri.ends_with('/') {
+            assert_eq!(
+                h["x-robots-tag"], "noindex, nofollow",
+                "members-only pages are never indexed"
+            );
+        }
+    }
+    let (_, _, found) = get_with(&app, "/search?q=zebra", &[("cookie", &access)]).await;
+    assert!(String::from_utf8_lossy(&found).contains("1 result"));
+    let (_, _, none) = get_with(&app, "/search?q=zebra", &[]).await;
+    assert!(String::from_utf8_lossy(&none).contains("0 results"));
+    // A forged cookie (another address, same MAC) or one for another list does nothing.
+    let forged = access.replacen(&hex::encode("ana@example.net"), &hex::encode("bob@example.net"), 1);
+    assert_eq!(
+        get_with(&app, "/lists/gov@lists.example.org/", &[("cookie", &forged)])
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // Leaving the list ends access at once.
+    engine.remove_members(list, vec![ana]).expect("remove");
+    assert_eq!(
+        get_with(&app, "/lists/gov@lists.example.org/", &[("cookie", &access)])
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -42,6 +42,11 @@ impl ThreadCache {
         })
     }
 
+    /// The site secret (also keys archive-access cookies).
+    pub(crate) fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
     /// The key that groups a sender's messages on the author pages: a keyed hash of the
     /// address (or of the name when there is none), so the URL reveals nothing checkable.
     pub fn author_key(&self, meta: &MessageMeta) -> u64 {
@@ -230,13 +235,18 @@ impl AppState {
         self.store.list(address)?.ok_or(WebError::NotFound)
     }
 
-    /// A list whose archive the public may read.
-    pub(crate) fn public_list(&self, address: &str) -> Result<ListRecord, WebError> {
+    /// A list whose archive this reader may read: a public one, or a members-only one when
+    /// the request carries a valid access cookie of a current member.
+    pub(crate) fn readable_list(&self, req: &crate::pages::Req, address: &str) -> Result<ListRecord, WebError> {
         let l = self.list_record(address)?;
-        if l.settings.archive == ArchiveVisibility::Private {
+        if l.settings.archive == ArchiveVisibility::Private && !self.may_read(req, &l) {
             return Err(WebError::Private);
         }
         Ok(l)
+    }
+
+    pub(crate) fn may_read(&self, req: &crate::pages::Req, l: &ListRecord) -> bool {
+        l.settings.archive != ArchiveVisibility::Private || crate::membership::reader(self, &req.cookie, l).is_some()
     }
 
     pub(crate) fn stored(&self, list: &ListRecord, mid: &str) -> Result<StoredMessage, WebError> {
