@@ -69,11 +69,48 @@ fn csrf_ok(headers: &HeaderMap, form_token: &str) -> bool {
     !cross_site && cookie_value(headers).is_some_and(|c| !form_token.is_empty() && c == form_token)
 }
 
+/// A sentence for a result page: an English message id with `{name}` placeholders, translated
+/// when the page is rendered (see `i18n.rs`).
+struct Text {
+    id: String,
+    args: Vec<(String, String)>,
+}
+
+impl Text {
+    fn new(id: &str, args: &[(&str, String)]) -> Text {
+        Text {
+            id: id.to_string(),
+            args: args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        }
+    }
+    /// Text from elsewhere (an engine's explanation): shown as it is.
+    fn raw(text: String) -> Text {
+        Text {
+            id: text,
+            args: Vec::new(),
+        }
+    }
+}
+
+/// The reader's language for these pages.
+fn lang_of(st: &AppState, headers: &HeaderMap) -> String {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == crate::pages::LANG_COOKIE)
+        .map(|(_, v)| v.to_string());
+    let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+    st.templates.catalogs().negotiate(cookie.as_deref(), accept)
+}
+
 /// A simple result page.
 struct Page<'a> {
     status: StatusCode,
     title: &'a str,
-    paragraphs: Vec<String>,
+    paragraphs: Vec<Text>,
     action: Option<String>,
     button: &'a str,
     csrf: Option<String>,
@@ -82,17 +119,27 @@ struct Page<'a> {
 }
 
 impl Page<'_> {
-    fn render(self, st: &AppState, cookie: Option<String>) -> Response {
+    fn render(self, st: &AppState, lang: &str, cookie: Option<String>) -> Response {
+        let paragraphs: Vec<String> = self
+            .paragraphs
+            .iter()
+            .map(|t| crate::i18n::fill(&st.templates.tr(lang, &t.id), &t.args))
+            .collect();
         let ctx = serde_json::json!({
-            "title": self.title,
-            "paragraphs": self.paragraphs,
+            "title": st.templates.tr(lang, self.title),
+            "paragraphs": paragraphs,
             "action": self.action,
-            "button": self.button,
+            "button": st.templates.tr(lang, self.button),
             "csrf": self.csrf,
             "one_click": self.one_click,
             "back": self.back,
         });
-        match st.page("confirm.html", ctx) {
+        let req = crate::pages::Req {
+            cookie: String::new(),
+            lang: lang.to_string(),
+            here: "/".into(),
+        };
+        match st.page_for(&req, "confirm.html", ctx) {
             Ok(mut r) => {
                 *r.status_mut() = self.status;
                 set_cookie(&mut r, cookie);
@@ -105,7 +152,7 @@ impl Page<'_> {
     }
 }
 
-fn message(status: StatusCode, title: &str, text: String, back: Option<String>) -> Page<'_> {
+fn message(status: StatusCode, title: &str, text: Text, back: Option<String>) -> Page<'_> {
     Page {
         status,
         title,
@@ -118,27 +165,34 @@ fn message(status: StatusCode, title: &str, text: String, back: Option<String>) 
     }
 }
 
-fn engine_error(e: EngineError) -> (StatusCode, &'static str, String) {
+fn engine_error(e: EngineError) -> (StatusCode, &'static str, Text) {
     match e {
         EngineError::RateLimited => (
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests",
-            "Too many requests came from here or for this address. Please try again in an hour.".into(),
+            Text::new(
+                "Too many requests came from here or for this address. Please try again in an hour.",
+                &[],
+            ),
         ),
         EngineError::BadToken => (
             StatusCode::NOT_FOUND,
             "Link not valid",
-            "This link is unknown, was already used, or has expired.".into(),
+            Text::new("This link is unknown, was already used, or has expired.", &[]),
         ),
-        EngineError::Closed => (StatusCode::FORBIDDEN, "Membership is closed", e.to_string()),
-        EngineError::Invalid(m) => (StatusCode::BAD_REQUEST, "Please check the form", m),
-        EngineError::NoList(_) => (StatusCode::NOT_FOUND, "Not found", "There is no such list.".into()),
+        EngineError::Closed => (StatusCode::FORBIDDEN, "Membership is closed", Text::raw(e.to_string())),
+        EngineError::Invalid(m) => (StatusCode::BAD_REQUEST, "Please check the form", Text::raw(m)),
+        EngineError::NoList(_) => (
+            StatusCode::NOT_FOUND,
+            "Not found",
+            Text::new("There is no such list.", &[]),
+        ),
         other => {
             tracing::error!(error = %other, "membership request failed");
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
-                "Please try again later.".into(),
+                Text::new("Please try again later.", &[]),
             )
         }
     }
@@ -164,6 +218,7 @@ fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
 async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: bool) -> Response {
     let ip = peer_ip(&req);
     let headers = req.headers().clone();
+    let lang = lang_of(&st, &headers);
     let Ok(list) = st.list_record(&address) else {
         return crate::WebError::NotFound.into_response();
     };
@@ -174,20 +229,23 @@ async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: b
             return message(
                 StatusCode::BAD_REQUEST,
                 "Please check the form",
-                "The form could not be read.".into(),
+                Text::new("The form could not be read.", &[]),
                 back,
             )
-            .render(&st, None)
+            .render(&st, &lang, None)
         }
     };
     if !csrf_ok(&headers, &f.csrf) {
         return message(
             StatusCode::FORBIDDEN,
             "Please try again",
-            "The form expired or did not come from this site. Go back, reload the page and send it again.".into(),
+            Text::new(
+                "The form expired or did not come from this site. Go back, reload the page and send it again.",
+                &[],
+            ),
             back,
         )
-        .render(&st, None);
+        .render(&st, &lang, None);
     }
     let r = if join {
         let delivery = Delivery::parse(&f.delivery).unwrap_or(Delivery::Each);
@@ -202,16 +260,20 @@ async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: b
         Ok(Requested::ConfirmationSent) | Ok(Requested::NothingToDo) => message(
             StatusCode::OK,
             "Check your mailbox",
-            format!(
-                "If the address can be {}, a message with a confirmation link is on its way to it. Open the link, or reply to the message, to finish.",
-                if join { "subscribed" } else { "unsubscribed" }
+            Text::new(
+                if join {
+                    "If the address can be subscribed, a message with a confirmation link is on its way to it. Open the link, or reply to the message, to finish."
+                } else {
+                    "If the address can be unsubscribed, a message with a confirmation link is on its way to it. Open the link, or reply to the message, to finish."
+                },
+                &[],
             ),
             back,
         )
-        .render(&st, None),
+        .render(&st, &lang, None),
         Err(e) => {
             let (status, title, text) = engine_error(e);
-            message(status, title, text, back).render(&st, None)
+            message(status, title, text, back).render(&st, &lang, None)
         }
     }
 }
@@ -226,24 +288,34 @@ pub async fn unsubscribe(State(st): St, Path(address): Path<String>, req: Reques
 
 /// GET /confirm/{token}: says what the token would do, and offers the button.
 pub async fn confirm_page(State(st): St, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let lang = lang_of(&st, &headers);
     let (list, action) = match st.engine.describe_token(&token) {
         Ok(v) => v,
         Err(e) => {
             let (status, title, text) = engine_error(e);
-            return message(status, title, text, None).render(&st, None);
+            return message(status, title, text, None).render(&st, &lang, None);
         }
     };
     let (text, button) = match &action {
         PendingAction::Subscribe { address, .. } => (
-            format!("Subscribe {address} to {}?", list.address),
+            Text::new(
+                "Subscribe {address} to {list}?",
+                &[("address", address.to_string()), ("list", list.address.to_string())],
+            ),
             "Confirm subscription",
         ),
         PendingAction::ApproveSubscription { address, .. } => (
-            format!("Approve the subscription of {address} to {}?", list.address),
+            Text::new(
+                "Approve the subscription of {address} to {list}?",
+                &[("address", address.to_string()), ("list", list.address.to_string())],
+            ),
             "Approve",
         ),
         PendingAction::Unsubscribe { address, .. } => (
-            format!("Unsubscribe {address} from {}?", list.address),
+            Text::new(
+                "Unsubscribe {address} from {list}?",
+                &[("address", address.to_string()), ("list", list.address.to_string())],
+            ),
             "Confirm unsubscription",
         ),
         PendingAction::ArchiveAccess { address, .. } => {
@@ -251,9 +323,13 @@ pub async fn confirm_page(State(st): St, Path(token): Path<String>, headers: Hea
             return Page {
                 status: StatusCode::OK,
                 title: "Read the archive",
-                paragraphs: vec![format!(
-                    "Read the members-only archive of {} in this browser, as {address}? The browser keeps a cookie for {} days; it stops working if you leave the list.",
-                    list.address, ACCESS_DAYS
+                paragraphs: vec![Text::new(
+                    "Read the members-only archive of {list} in this browser, as {address}? The browser keeps a cookie for {days} days; it stops working if you leave the list.",
+                    &[
+                        ("list", list.address.to_string()),
+                        ("address", address.to_string()),
+                        ("days", ACCESS_DAYS.to_string()),
+                    ],
                 )],
                 action: Some(format!("/access/{token}")),
                 button: "Open the archive",
@@ -261,16 +337,19 @@ pub async fn confirm_page(State(st): St, Path(token): Path<String>, headers: Hea
                 one_click: false,
                 back: None,
             }
-            .render(&st, cookie);
+            .render(&st, &lang, cookie);
         }
         PendingAction::Moderate { .. } => {
             return message(
                 StatusCode::OK,
                 "Moderation",
-                "Held posts are moderated by replying to the notice or with `plenary moderate`.".into(),
+                Text::new(
+                    "Held posts are moderated by replying to the notice or with `plenary moderate`.",
+                    &[],
+                ),
                 None,
             )
-            .render(&st, None)
+            .render(&st, &lang, None)
         }
     };
     let (csrf, cookie) = csrf_token(&headers, &st.settings.base_url);
@@ -284,7 +363,7 @@ pub async fn confirm_page(State(st): St, Path(token): Path<String>, headers: Hea
         one_click: false,
         back: Some(crate::urls::list(list.address.as_str())),
     }
-    .render(&st, cookie)
+    .render(&st, &lang, cookie)
 }
 
 #[derive(Deserialize)]
@@ -296,6 +375,7 @@ pub struct CsrfForm {
 /// POST /confirm/{token}.
 pub async fn confirm_post(State(st): St, Path(token): Path<String>, req: Request) -> Response {
     let headers = req.headers().clone();
+    let lang = lang_of(&st, &headers);
     let f = Form::<CsrfForm>::from_request(req, &())
         .await
         .map(|Form(f)| f)
@@ -304,70 +384,84 @@ pub async fn confirm_post(State(st): St, Path(token): Path<String>, req: Request
         return message(
             StatusCode::FORBIDDEN,
             "Please try again",
-            "Open the link from the message again and press the button.".into(),
+            Text::new("Open the link from the message again and press the button.", &[]),
             None,
         )
-        .render(&st, None);
+        .render(&st, &lang, None);
     }
     match st.engine.confirm(&token, None, "").await {
         Ok(Confirmed::Subscribed(a)) => message(
             StatusCode::OK,
             "Subscribed",
-            format!("{a} is now a member. Welcome!"),
+            Text::new("{address} is now a member. Welcome!", &[("address", a.to_string())]),
             None,
         ),
         Ok(Confirmed::AwaitingApproval(a)) => message(
             StatusCode::OK,
             "Thank you",
-            format!("{a} is confirmed; the list's owners will now review the request."),
+            Text::new(
+                "{address} is confirmed; the list's owners will now review the request.",
+                &[("address", a.to_string())],
+            ),
             None,
         ),
-        Ok(Confirmed::Unsubscribed(a)) => {
-            message(StatusCode::OK, "Unsubscribed", format!("{a} has left the list."), None)
-        }
-        Ok(Confirmed::Moderated(_)) => message(StatusCode::OK, "Done", "Done.".into(), None),
+        Ok(Confirmed::Unsubscribed(a)) => message(
+            StatusCode::OK,
+            "Unsubscribed",
+            Text::new("{address} has left the list.", &[("address", a.to_string())]),
+            None,
+        ),
+        Ok(Confirmed::Moderated(_)) => message(StatusCode::OK, "Done", Text::new("Done.", &[]), None),
         Err(e) => {
             let (status, title, text) = engine_error(e);
             message(status, title, text, None)
         }
     }
-    .render(&st, None)
+    .render(&st, &lang, None)
 }
 
 /// GET /u/{token}: the one-click link opened in a browser; asks, changes nothing.
-pub async fn one_click_page(State(st): St, Path(token): Path<String>) -> Response {
+pub async fn one_click_page(State(st): St, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let lang = lang_of(&st, &headers);
     match st.engine.one_click_member(&token) {
         Ok((list, addr)) => Page {
             status: StatusCode::OK,
             title: "Unsubscribe",
-            paragraphs: vec![format!("Unsubscribe {addr} from {}?", list.address)],
+            paragraphs: vec![Text::new(
+                "Unsubscribe {address} from {list}?",
+                &[("address", addr.to_string()), ("list", list.address.to_string())],
+            )],
             action: Some(format!("/u/{token}")),
             button: "Unsubscribe",
             csrf: None,
             one_click: true,
             back: Some(crate::urls::list(list.address.as_str())),
         }
-        .render(&st, None),
+        .render(&st, &lang, None),
         Err(e) => {
             let (status, title, text) = engine_error(e);
-            message(status, title, text, None).render(&st, None)
+            message(status, title, text, None).render(&st, &lang, None)
         }
     }
 }
 
 /// POST /u/{token}: RFC 8058 one-click unsubscribe.
-pub async fn one_click_post(State(st): St, Path(token): Path<String>) -> Response {
+pub async fn one_click_post(State(st): St, Path(token): Path<String>, headers: HeaderMap) -> Response {
+    let lang = lang_of(&st, &headers);
     match st.engine.one_click_unsubscribe(&token) {
         Ok((list, addr)) => message(
             StatusCode::OK,
             "Unsubscribed",
-            format!("{addr} has left {}.", list.address),
+            Text::new(
+                "{address} has left {list}.",
+                &[("address", addr.to_string()), ("list", list.address.to_string())],
+            ),
             Some(crate::urls::list(list.address.as_str())),
         )
-        .render(&st, None),
+        .render(&st, &lang, None),
         Err(e) => {
             let (status, title, text) = engine_error(e);
-            message(status, title, text, None).render(&st, None)
+            message(status, title, text, None).render(&st, &lang, None)
         }
     }
 }
@@ -433,6 +527,7 @@ pub struct AccessForm {
 pub async fn access_request(State(st): St, Path(address): Path<String>, req: Request) -> Response {
     let ip = peer_ip(&req);
     let headers = req.headers().clone();
+    let lang = lang_of(&st, &headers);
     let Ok(list) = st.list_record(&address) else {
         return crate::WebError::NotFound.into_response();
     };
@@ -441,29 +536,34 @@ pub async fn access_request(State(st): St, Path(address): Path<String>, req: Req
         return message(
             StatusCode::BAD_REQUEST,
             "Please check the form",
-            "The form could not be read.".into(),
+            Text::new("The form could not be read.", &[]),
             back,
         )
-        .render(&st, None);
+        .render(&st, &lang, None);
     };
     if !csrf_ok(&headers, &f.csrf) {
         return message(
             StatusCode::FORBIDDEN,
             "Please try again",
-            "The form expired or did not come from this site. Go back, reload the page and send it again.".into(),
+            Text::new(
+                "The form expired or did not come from this site. Go back, reload the page and send it again.",
+                &[],
+            ),
             back,
         )
-        .render(&st, None);
+        .render(&st, &lang, None);
     }
     match st.engine.request_access(list.address.as_str(), &f.email, ip) {
         // The same answer for members and others: the form does not reveal who is on the list.
         Ok(_) => message(
             StatusCode::OK,
             "Check your mail",
-            format!(
-                "If {} is a member of {}, we have sent it a link to the archive.",
-                f.email.trim(),
-                list.address
+            Text::new(
+                "If {address} is a member of {list}, we have sent it a link to the archive.",
+                &[
+                    ("address", f.email.trim().to_string()),
+                    ("list", list.address.to_string()),
+                ],
             ),
             back,
         ),
@@ -472,12 +572,13 @@ pub async fn access_request(State(st): St, Path(address): Path<String>, req: Req
             message(status, title, text, back)
         }
     }
-    .render(&st, None)
+    .render(&st, &lang, None)
 }
 
 /// POST /access/{token}: use the link once; the browser gets a signed cookie for the list.
 pub async fn access_post(State(st): St, Path(token): Path<String>, req: Request) -> Response {
     let headers = req.headers().clone();
+    let lang = lang_of(&st, &headers);
     let f = Form::<CsrfForm>::from_request(req, &())
         .await
         .map(|Form(f)| f)
@@ -486,10 +587,10 @@ pub async fn access_post(State(st): St, Path(token): Path<String>, req: Request)
         return message(
             StatusCode::FORBIDDEN,
             "Please try again",
-            "Open the link from the message again and press the button.".into(),
+            Text::new("Open the link from the message again and press the button.", &[]),
             None,
         )
-        .render(&st, None);
+        .render(&st, &lang, None);
     }
     match st.engine.redeem_access(&token) {
         Ok((list, addr)) => {
@@ -519,7 +620,7 @@ pub async fn access_post(State(st): St, Path(token): Path<String>, req: Request)
         }
         Err(e) => {
             let (status, title, text) = engine_error(e);
-            message(status, title, text, None).render(&st, None)
+            message(status, title, text, None).render(&st, &lang, None)
         }
     }
 }

@@ -128,19 +128,6 @@ impl AppState {
         Ok(res)
     }
 
-    /// Render a page in English (forms whose texts are built in Rust).
-    pub(crate) fn page(&self, name: &str, ctx: serde_json::Value) -> Result<Response, WebError> {
-        self.page_for(
-            &Req {
-                cookie: String::new(),
-                lang: "en".into(),
-                here: "/".into(),
-            },
-            name,
-            ctx,
-        )
-    }
-
     fn public(&self, policy: &Policy, m: &StoredMessage) -> Result<PublicMessage, WebError> {
         let raw = self.store.raw(m)?;
         plenary_redact::redact(m.key, &m.meta, &raw, policy).ok_or(WebError::NotFound)

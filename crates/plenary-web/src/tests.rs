@@ -444,6 +444,19 @@ async fn interface_in_french() {
         let (_, h, _) = get_with(&app, &format!("/lang?to=fr&back={}", urls::query_value(back)), &[]).await;
         assert_eq!(h["location"], "/", "{back}");
     }
+    // So are the result pages of the membership forms and links.
+    let (s, _, body) = get_with(
+        &app,
+        "/confirm/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+        &[("accept-language", "fr")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("Lien non valable") && body.contains("<html lang=\"fr\">"),
+        "{body}"
+    );
     // The thread page's folding labels are translated too.
     let (_, _, t) = get_with(
         &app,
@@ -497,7 +510,28 @@ fn every_interface_text_has_a_french_translation() {
             missing.push(format!("rust: {id}"));
         }
     }
-    assert!(n > 100, "only {n} texts found");
+    // The result pages built in membership.rs: every Text::new id and every title/button.
+    let src = include_str!("membership.rs");
+    let re_text = regex::Regex::new(r#"Text::new\(\s*"([^"]*)""#).expect("regex");
+    let re_title = regex::Regex::new(r#"(?:title|button): "([^"]*)""#).expect("regex");
+    let re_msg = regex::Regex::new(r#"StatusCode::[A-Z_]+,\s*"([^"]*)""#).expect("regex");
+    for re in [&re_text, &re_title, &re_msg] {
+        for cap in re.captures_iter(src) {
+            n += 1;
+            if !cap[1].is_empty() && !c.translates("fr", &cap[1]) {
+                missing.push(format!("membership.rs: {}", &cap[1]));
+            }
+        }
+    }
+    for id in [
+        "If the address can be subscribed, a message with a confirmation link is on its way to it. Open the link, or reply to the message, to finish.",
+        "If the address can be unsubscribed, a message with a confirmation link is on its way to it. Open the link, or reply to the message, to finish.",
+    ] {
+        if !c.translates("fr", id) {
+            missing.push(format!("membership.rs: {id}"));
+        }
+    }
+    assert!(n > 130, "only {n} texts found");
     assert!(missing.is_empty(), "untranslated: {missing:#?}");
 }
 
