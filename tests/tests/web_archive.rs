@@ -17,6 +17,8 @@ use std::process::Command;
 
 const LIST: &str = "coalition@lists.example.org";
 const HOSTILE: &str = "hostile@lists.example.org";
+/// A members-only list (its page is the access form).
+const MEMBERS: &str = "members@lists.example.org";
 
 /// Start a daemon with the jailhouse-dev archive imported and a few messages sent by SMTP
 /// (French, Arabic, HTML-only, with attachments).
@@ -28,6 +30,8 @@ fn archive(dir: &Path) -> Option<Daemon> {
     let mut d = Daemon::start(dir, "", "");
     d.create_list(LIST);
     d.cli_ok(&["list", "set", LIST, "language=english"]);
+    d.create_list(MEMBERS);
+    d.cli_ok(&["list", "set", MEMBERS, "archive=private"]);
     d.stop();
     let files: Vec<String> = (2022..=2024)
         .map(|y| {
@@ -354,6 +358,12 @@ fn every_page_type_passes_axe_keyboard_and_no_js() {
         ("search-help", "/help/search".to_string(), 200),
         ("search-error", "/search?q=date:2024-13".to_string(), 400),
         ("not-found", format!("{l}/m/no-such-message@x/"), 404),
+        ("members-only-access", format!("/lists/{MEMBERS}/"), 403),
+        (
+            "confirm-invalid-link",
+            "/confirm/aaaaaaaaaaaaaaaaaaaaaaaaaa".to_string(),
+            404,
+        ),
     ];
     if let Some(a) = author {
         pages.push(("author", a, 200));
