@@ -321,8 +321,11 @@ try {
     expect('xss.mjs detects: onmouseover payload', has(f('evil-hover'), /^dialog confirm/), f('evil-hover').join('\n'));
     expect('xss.mjs detects: onfocus payload', has(f('evil-focus'), /^dialog prompt/), f('evil-focus').join('\n'));
     expect('xss.mjs detects: navigation away (meta refresh)', has(f('evil-nav'), /^navigation away/), f('evil-nav').join('\n'));
-    expect('xss.mjs detects: body link leaving the site',
-      has(f('evil-click'), /request to another host \(document\)/), f('evil-click').join('\n'));
+    // A link in a message that the harness clicks is what any reader could do: it is
+    // followed only up to the request (aborted; the canary below proves nothing left) and is
+    // not a failure; the popup the same page opens on its own is.
+    expect('xss.mjs: a clicked body link to another host is aborted, not a failure',
+      !has(f('evil-click'), /request to another host \(document\)/), f('evil-click').join('\n'));
     expect('xss.mjs detects: popup', has(f('evil-click'), /^popup opened/), f('evil-click').join('\n'));
     expect('foreign requests were blocked before they were sent (canary got no hit)',
       srv.canaryHits() === hitsBefore, `canary hits: ${srv.canaryHits() - hitsBefore}`);

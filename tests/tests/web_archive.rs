@@ -547,3 +547,22 @@ fn hostile_messages_run_no_script() {
         &["--body-selector", ".msg-body"],
     );
 }
+
+/// The harness itself can fail: its selftest serves accessible, inaccessible and hostile
+/// pages from a fixture server and checks that check.mjs and xss.mjs pass and fail the right
+/// ones (so a green browser test is not a check that cannot fail).
+#[test]
+fn browser_harness_fails_bad_pages() {
+    let Some(dir) = browser_harness() else { return };
+    let out = Command::new("node")
+        .arg(dir.join("selftest.mjs"))
+        .output()
+        .expect("node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "browser harness selftest failed:\n{text}");
+    assert!(text.contains("0 failed"), "{text}");
+}
