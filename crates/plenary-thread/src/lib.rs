@@ -86,6 +86,21 @@ pub struct TreeItem {
     pub depth: usize,
 }
 
+/// The parent of each row of a [`Threads::tree`]: the nearest earlier row with a smaller
+/// depth (`None` for the top). Linear time.
+pub fn parent_rows(tree: &[TreeItem]) -> Vec<Option<usize>> {
+    let mut out = Vec::with_capacity(tree.len());
+    let mut open: Vec<usize> = Vec::new();
+    for (i, row) in tree.iter().enumerate() {
+        while open.last().is_some_and(|&j| tree[j].depth >= row.depth) {
+            open.pop();
+        }
+        out.push(open.last().copied());
+        open.push(i);
+    }
+    out
+}
+
 #[derive(Debug, Default)]
 struct View {
     /// Effective thread (top container) of each node that holds a message.
@@ -96,6 +111,8 @@ struct View {
     threads: Vec<ThreadInfo>,
     /// Top → position in `threads`.
     pos: HashMap<u32, usize>,
+    /// [`Threads::authors`], counted on first use after a change.
+    authors: Option<Vec<(u64, usize, i64, u64)>>,
 }
 
 /// The threads of one list.
@@ -386,13 +403,11 @@ impl Threads {
         let mut by_subject: HashMap<u32, Vec<(i64, u32)>> = HashMap::new();
         let mut orphans = Vec::new();
         for (&t, &(date, _)) in &start {
+            // A ghost top takes part in neither role: it has no subject of its own.
             match &self.nodes[t as usize].msg {
                 Some(m) if m.headerless && m.reply => orphans.push((t, m.subject, date)),
                 Some(m) => by_subject.entry(m.subject).or_default().push((date, t)),
-                None => {
-                    // A ghost top: use the subject of its earliest message.
-                    let _ = date;
-                }
+                None => {}
             }
         }
         for v in by_subject.values_mut() {
@@ -467,6 +482,7 @@ impl Threads {
             attached,
             threads,
             pos,
+            authors: None,
         }
     }
 
@@ -577,8 +593,21 @@ impl Threads {
         v.into_iter().map(|(_, s)| s).collect()
     }
 
-    /// Every author key with its message count and latest date, most active first.
-    pub fn authors(&self) -> Vec<(u64, usize, i64, u64)> {
+    /// Every author key with its message count, latest date and latest message, most active
+    /// first. Counted once per change of the list, not per call.
+    pub fn authors(&mut self) -> Vec<(u64, usize, i64, u64)> {
+        if let Some(a) = self.view.as_ref().and_then(|v| v.authors.clone()) {
+            return a;
+        }
+        let a = self.count_authors();
+        self.view();
+        if let Some(v) = self.view.as_mut() {
+            v.authors = Some(a.clone());
+        }
+        a
+    }
+
+    fn count_authors(&self) -> Vec<(u64, usize, i64, u64)> {
         let mut m: HashMap<u64, (usize, i64, u64)> = HashMap::new();
         for msg in self.nodes.iter().filter_map(|n| n.msg.as_ref()) {
             let e = m.entry(msg.author).or_insert((0, msg.date, msg.seq));

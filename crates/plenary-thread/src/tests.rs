@@ -533,3 +533,19 @@ fn real_archive_replies_stay_with_their_parents() {
         assert_eq!(partitions[0], partitions[2], "{name}: order does not change threads");
     }
 }
+
+#[test]
+fn parent_rows_follow_depths() {
+    let rows: Vec<TreeItem> = [0, 1, 2, 2, 1, 2, 3, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| TreeItem {
+            seq: Some(i as u64),
+            depth: *d,
+        })
+        .collect();
+    assert_eq!(
+        parent_rows(&rows),
+        vec![None, Some(0), Some(1), Some(1), Some(0), Some(4), Some(5), Some(0)]
+    );
+}

@@ -7,28 +7,16 @@ use crate::{urls, WebError};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use plenary_core::list::ArchiveVisibility;
 use plenary_redact::Policy;
 use serde::Deserialize;
 
 pub async fn api_lists(State(st): St) -> Response {
-    let public = |addr: &str| {
-        st.store
-            .list(addr)
-            .ok()
-            .flatten()
-            .is_some_and(|l| l.settings.archive != ArchiveVisibility::Private)
-    };
     match list_views(&st) {
-        Ok(lists) => Json(serde_json::json!({ "lists": lists.iter().map(|l| {
-            let v = serde_json::to_value(l).unwrap_or_default();
-            let addr = v["address"].as_str().unwrap_or_default().to_string();
-            serde_json::json!({
-                "address": addr, "name": v["name"], "description": v["description"],
-                "messages": if public(&addr) { v["count"].clone() } else { serde_json::Value::Null },
-                "url": v["url"], "archive_public": public(&addr),
-            })
-        }).collect::<Vec<_>>() }))
+        Ok(lists) => Json(serde_json::json!({ "lists": lists.iter().map(|l| serde_json::json!({
+            "address": l.address, "name": l.name, "description": l.description,
+            "messages": if l.private { None } else { Some(l.count) },
+            "url": l.url, "archive_public": !l.private,
+        })).collect::<Vec<_>>() }))
         .into_response(),
         Err(e) => json_error(e),
     }

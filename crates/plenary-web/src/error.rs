@@ -66,7 +66,11 @@ impl WebError {
 
 /// Minimal page used when the template environment itself fails.
 fn fallback_page(title: &str, text: &str) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        let mut out = String::new();
+        crate::render::escape(s, &mut out);
+        out
+    };
     format!("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{0}</title><link rel=\"stylesheet\" href=\"/static/style.css\"></head><body><a class=\"skip\" href=\"#main\">Skip to content</a><header><nav aria-label=\"Site\" class=\"top\"><a href=\"/\" class=\"site\">Home</a></nav></header><main id=\"main\" tabindex=\"-1\"><h1>{0}</h1><p>{1}</p><p><a href=\"/\">All lists</a></p></main></body></html>", esc(title), esc(text))
 }
 

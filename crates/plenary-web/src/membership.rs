@@ -25,15 +25,9 @@ type St = State<Arc<AppState>>;
 const COOKIE: &str = "plenary_csrf";
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+    crate::pages::cookie_named(&crate::pages::cookie_header(headers), COOKIE)
         .filter(|v| plenary_list::token::plausible(v))
+        .map(str::to_string)
 }
 
 /// The CSRF token for a form, and the cookie to set when the browser has none yet.
@@ -94,16 +88,7 @@ impl Text {
 
 /// The reader's language for these pages.
 fn lang_of(st: &AppState, headers: &HeaderMap) -> String {
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == crate::pages::LANG_COOKIE)
-        .map(|(_, v)| v.to_string());
-    let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
-    st.templates.catalogs().negotiate(cookie.as_deref(), accept)
+    crate::pages::Req::from_headers(st, headers, "/".into()).lang
 }
 
 /// A simple result page.
@@ -214,6 +199,81 @@ fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
     req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
+/// Forms that carry the double-submit CSRF token.
+trait WithCsrf {
+    fn csrf(&self) -> &str;
+}
+
+impl WithCsrf for JoinForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl WithCsrf for AccessForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl WithCsrf for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The form of a list page (join, leave, archive access), or the page that says what is wrong
+/// with it: unreadable, or without this site's CSRF token.
+async fn list_form<T: serde::de::DeserializeOwned + WithCsrf>(
+    st: &AppState,
+    lang: &str,
+    headers: &HeaderMap,
+    req: Request,
+    back: Option<String>,
+) -> Result<T, Response> {
+    let Ok(Form(f)) = Form::<T>::from_request(req, &()).await else {
+        return Err(message(
+            StatusCode::BAD_REQUEST,
+            "Please check the form",
+            Text::new("The form could not be read.", &[]),
+            back,
+        )
+        .render(st, lang, None));
+    };
+    if !csrf_ok(headers, f.csrf()) {
+        return Err(message(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            Text::new(
+                "The form expired or did not come from this site. Go back, reload the page and send it again.",
+                &[],
+            ),
+            back,
+        )
+        .render(st, lang, None));
+    }
+    Ok(f)
+}
+
+/// The button of a page opened from a mailed link (confirm, archive access): `Err` with the
+/// page to show when the post lacks this site's CSRF token.
+async fn link_button(st: &AppState, lang: &str, headers: &HeaderMap, req: Request) -> Result<(), Response> {
+    let f = Form::<CsrfForm>::from_request(req, &())
+        .await
+        .map(|Form(f)| f)
+        .unwrap_or(CsrfForm { csrf: String::new() });
+    if csrf_ok(headers, f.csrf()) {
+        return Ok(());
+    }
+    Err(message(
+        StatusCode::FORBIDDEN,
+        "Please try again",
+        Text::new("Open the link from the message again and press the button.", &[]),
+        None,
+    )
+    .render(st, lang, None))
+}
+
 /// POST /lists/{list}/subscribe and /lists/{list}/unsubscribe.
 async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: bool) -> Response {
     let ip = peer_ip(&req);
@@ -223,30 +283,10 @@ async fn join_or_leave(st: Arc<AppState>, address: String, req: Request, join: b
         return crate::WebError::NotFound.into_response();
     };
     let back = Some(crate::urls::list(list.address.as_str()));
-    let f = match Form::<JoinForm>::from_request(req, &()).await {
-        Ok(Form(f)) => f,
-        Err(_) => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                "Please check the form",
-                Text::new("The form could not be read.", &[]),
-                back,
-            )
-            .render(&st, &lang, None)
-        }
+    let f: JoinForm = match list_form(&st, &lang, &headers, req, back.clone()).await {
+        Ok(f) => f,
+        Err(page) => return page,
     };
-    if !csrf_ok(&headers, &f.csrf) {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            Text::new(
-                "The form expired or did not come from this site. Go back, reload the page and send it again.",
-                &[],
-            ),
-            back,
-        )
-        .render(&st, &lang, None);
-    }
     let r = if join {
         let delivery = Delivery::parse(&f.delivery).unwrap_or(Delivery::Each);
         st.engine
@@ -376,18 +416,8 @@ pub struct CsrfForm {
 pub async fn confirm_post(State(st): St, Path(token): Path<String>, req: Request) -> Response {
     let headers = req.headers().clone();
     let lang = lang_of(&st, &headers);
-    let f = Form::<CsrfForm>::from_request(req, &())
-        .await
-        .map(|Form(f)| f)
-        .unwrap_or(CsrfForm { csrf: String::new() });
-    if !csrf_ok(&headers, &f.csrf) {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            Text::new("Open the link from the message again and press the button.", &[]),
-            None,
-        )
-        .render(&st, &lang, None);
+    if let Err(page) = link_button(&st, &lang, &headers, req).await {
+        return page;
     }
     match st.engine.confirm(&token, None, "").await {
         Ok(Confirmed::Subscribed(a)) => message(
@@ -495,12 +525,7 @@ fn access_mac(key: &[u8; 32], list: plenary_core::ListId, addr: &str, expires: i
 /// The member a request's access cookie for `list` names, if it is genuine, unexpired and
 /// the address is still a member.
 pub(crate) fn reader(st: &AppState, cookie_header: &str, list: &plenary_store::ListRecord) -> Option<MemberAddress> {
-    let name = format!("{ACCESS_COOKIE}{}", list.id.0);
-    let value = cookie_header
-        .split(';')
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)?;
+    let value = crate::pages::cookie_named(cookie_header, &format!("{ACCESS_COOKIE}{}", list.id.0))?;
     let mut parts = value.split('.');
     let (addr_hex, expires, mac) = (parts.next()?, parts.next()?, parts.next()?);
     let addr = String::from_utf8(hex::decode(addr_hex).ok()?).ok()?;
@@ -532,27 +557,10 @@ pub async fn access_request(State(st): St, Path(address): Path<String>, req: Req
         return crate::WebError::NotFound.into_response();
     };
     let back = Some(crate::urls::list(list.address.as_str()));
-    let Ok(Form(f)) = Form::<AccessForm>::from_request(req, &()).await else {
-        return message(
-            StatusCode::BAD_REQUEST,
-            "Please check the form",
-            Text::new("The form could not be read.", &[]),
-            back,
-        )
-        .render(&st, &lang, None);
+    let f: AccessForm = match list_form(&st, &lang, &headers, req, back.clone()).await {
+        Ok(f) => f,
+        Err(page) => return page,
     };
-    if !csrf_ok(&headers, &f.csrf) {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            Text::new(
-                "The form expired or did not come from this site. Go back, reload the page and send it again.",
-                &[],
-            ),
-            back,
-        )
-        .render(&st, &lang, None);
-    }
     match st.engine.request_access(list.address.as_str(), &f.email, ip) {
         // The same answer for members and others: the form does not reveal who is on the list.
         Ok(_) => message(
@@ -579,18 +587,8 @@ pub async fn access_request(State(st): St, Path(address): Path<String>, req: Req
 pub async fn access_post(State(st): St, Path(token): Path<String>, req: Request) -> Response {
     let headers = req.headers().clone();
     let lang = lang_of(&st, &headers);
-    let f = Form::<CsrfForm>::from_request(req, &())
-        .await
-        .map(|Form(f)| f)
-        .unwrap_or(CsrfForm { csrf: String::new() });
-    if !csrf_ok(&headers, &f.csrf) {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Please try again",
-            Text::new("Open the link from the message again and press the button.", &[]),
-            None,
-        )
-        .render(&st, &lang, None);
+    if let Err(page) = link_button(&st, &lang, &headers, req).await {
+        return page;
     }
     match st.engine.redeem_access(&token) {
         Ok((list, addr)) => {

@@ -1,6 +1,6 @@
 //! Archive pages. Each handler loads what it needs from the store, redacts it, and renders.
 
-use crate::render::text_to_html;
+use crate::render::{text_to_html, Labels};
 use crate::views::{crumbs, fmt_date, iso_date, page_param, summary_view, Crumb, Pager, SummaryView, ThreadRow};
 use crate::{urls, AppState, WebError};
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -48,31 +48,46 @@ impl FromRequestParts<Arc<AppState>> for Req {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Req, Self::Rejection> {
-        let all_cookies: Vec<&str> = parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let cookie = all_cookies
-            .iter()
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == LANG_COOKIE)
-            .map(|(_, v)| v.to_string());
-        let accept = parts.headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
-        let lang = st.templates.catalogs().negotiate(cookie.as_deref(), accept);
         let here = parts
             .uri
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .unwrap_or_else(|| "/".into());
-        Ok(Req {
-            cookie: all_cookies.join("; "),
-            lang,
-            here,
-        })
+        Ok(Req::from_headers(st, &parts.headers, here))
     }
+}
+
+impl Req {
+    /// The reader's language (a valid `plenary_lang` choice, else `Accept-Language`) and
+    /// cookies, from a request's headers.
+    pub(crate) fn from_headers(st: &AppState, headers: &HeaderMap, here: String) -> Req {
+        let cookie = cookie_header(headers);
+        let accept = headers.get(header::ACCEPT_LANGUAGE).and_then(|v| v.to_str().ok());
+        let lang = st
+            .templates
+            .catalogs()
+            .negotiate(cookie_named(&cookie, LANG_COOKIE), accept);
+        Req { cookie, lang, here }
+    }
+}
+
+/// Every Cookie header of a request, joined.
+pub(crate) fn cookie_header(headers: &HeaderMap) -> String {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The value of the cookie called `name` in a Cookie header.
+pub(crate) fn cookie_named<'a>(cookie_header: &'a str, name: &str) -> Option<&'a str> {
+    cookie_header
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 pub const LANG_COOKIE: &str = "plenary_lang";
@@ -167,12 +182,12 @@ pub async fn not_found() -> WebError {
 
 #[derive(Serialize)]
 pub(crate) struct ListView {
-    address: String,
-    name: String,
-    description: String,
-    url: String,
-    count: u64,
-    private: bool,
+    pub(crate) address: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) url: String,
+    pub(crate) count: u64,
+    pub(crate) private: bool,
 }
 
 impl ListView {
@@ -492,31 +507,14 @@ fn body_html(st: &AppState, lang: &str, msg: &PublicMessage) -> String {
     match msg.html() {
         Some(h) => format!("<div class=\"html\">{h}</div>"),
         None => {
-            let h = text_to_html(msg.body());
-            if lang == "en" {
-                return h;
-            }
-            // The two labels render.rs writes, in the reader's language.
-            h.replace(
-                "<summary>Signature</summary>",
-                &format!("<summary>{}</summary>", esc(&st.templates.tr(lang, "Signature"))),
-            )
-            .replace(
-                "<summary>Quoted text (",
-                &format!("<summary>{} (", esc(&st.templates.tr(lang, "Quoted text"))),
-            )
-            .replace(
-                " lines)</summary>",
-                &format!(" {})</summary>", esc(&st.templates.tr(lang, "lines"))),
-            )
+            let labels = Labels {
+                quoted_text: st.templates.tr(lang, "Quoted text"),
+                lines: st.templates.tr(lang, "lines"),
+                signature: st.templates.tr(lang, "Signature"),
+            };
+            text_to_html(msg.body(), &labels)
         }
     }
-}
-
-fn esc(s: &str) -> String {
-    let mut o = String::new();
-    crate::render::escape(s, &mut o);
-    o
 }
 
 /// The language of a message when it differs from the page's: its Content-Language, else
@@ -544,12 +542,9 @@ pub async fn message(
         Some(id) => st.threads.with(list.id, |t| {
             let tree = t.tree(id);
             let seqs: Vec<u64> = tree.iter().filter_map(|i| i.seq).collect();
-            // The parent is the nearest earlier row with a smaller depth.
+            let parents = plenary_thread::parent_rows(&tree);
             let i = tree.iter().position(|r| r.seq == Some(stored.key.seq));
-            let parent = i.and_then(|i| {
-                let d = tree[i].depth;
-                tree[..i].iter().rev().find(|r| r.depth < d).and_then(|r| r.seq)
-            });
+            let parent = i.and_then(|i| parents[i]).and_then(|p| tree[p].seq);
             (seqs, parent)
         })?,
         None => (vec![stored.key.seq], None),
@@ -606,9 +601,10 @@ pub async fn message(
     );
     let thread_url = urls::thread(a, msg.message_id());
     // The thread page shows THREAD_PAGE messages per page.
-    let thread_link = match order.first() {
-        Some(_) if pos >= THREAD_PAGE => format!("{thread_url}?page={}", pos / THREAD_PAGE + 1),
-        _ => thread_url.clone(),
+    let thread_link = if pos >= THREAD_PAGE {
+        format!("{thread_url}?page={}", pos / THREAD_PAGE + 1)
+    } else {
+        thread_url.clone()
     };
     let crumb_thread = (st.templates.tr(&req.lang, "Thread"), thread_link.clone());
     st.page_for(
@@ -770,10 +766,17 @@ pub async fn thread(
     // Contents: the whole tree (ghost placeholders included), linking into the pages.
     let mut toc = Vec::with_capacity(tree.len());
     let mut metas: std::collections::HashMap<u64, SummaryView> = std::collections::HashMap::new();
+    // Messages read for the contents, kept for the bodies on this page (read once).
+    let mut loaded: std::collections::HashMap<u64, StoredMessage> = std::collections::HashMap::new();
     for r in &tree {
         match r.seq {
             Some(s) => {
-                if let Some(v) = st.summary(&list, &policy, s)? {
+                let Some(m) = st.store.message(MessageKey { list: list.id, seq: s })? else {
+                    continue;
+                };
+                let view = plenary_redact::summarize(m.key, &m.meta, &policy).map(|sum| summary_view(&list, &sum));
+                if let Some(v) = view {
+                    loaded.insert(s, m);
                     toc.push(TocItem {
                         url: pos_of.get(&s).map(|p| href(*p)),
                         subject: v.subject.clone(),
@@ -795,15 +798,12 @@ pub async fn thread(
             }),
         }
     }
-    // Parent of each message in the tree (nearest earlier row with smaller depth).
-    let mut parent_of: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    for (i, r) in tree.iter().enumerate() {
-        if let Some(s) = r.seq {
-            if let Some(p) = tree[..i].iter().rev().find(|x| x.depth < r.depth).and_then(|x| x.seq) {
-                parent_of.insert(s, p);
-            }
-        }
-    }
+    // Parent of each message in the tree.
+    let parent_of: std::collections::HashMap<u64, u64> = tree
+        .iter()
+        .zip(plenary_thread::parent_rows(&tree))
+        .filter_map(|(r, p)| Some((r.seq?, tree[p?].seq?)))
+        .collect();
     #[derive(Serialize)]
     struct Item {
         pos: usize,

@@ -65,8 +65,26 @@ fn is_quote(line: &str) -> bool {
     line.starts_with('>')
 }
 
+/// The words render.rs writes itself, in the reader's language (plain text; escaped here).
+pub struct Labels {
+    pub quoted_text: String,
+    pub lines: String,
+    pub signature: String,
+}
+
+impl Labels {
+    #[cfg(test)]
+    pub fn english() -> Labels {
+        Labels {
+            quoted_text: "Quoted text".into(),
+            lines: "lines".into(),
+            signature: "Signature".into(),
+        }
+    }
+}
+
 /// Render body text as HTML blocks.
-pub fn text_to_html(body: &str) -> String {
+pub fn text_to_html(body: &str, labels: &Labels) -> String {
     let mut out = String::with_capacity(body.len() + body.len() / 4 + 64);
     let lines: Vec<&str> = body.lines().collect();
     // The signature starts at the last "-- " line (RFC 3676 §4.3).
@@ -83,11 +101,11 @@ pub fn text_to_html(body: &str) -> String {
         if quoted {
             let fold = block.len() > FOLD_QUOTE_LINES;
             if fold {
-                let _ = write!(
-                    out,
-                    "<details class=\"quote\"><summary>Quoted text ({} lines)</summary>",
-                    block.len()
-                );
+                out.push_str("<details class=\"quote\"><summary>");
+                escape(&labels.quoted_text, &mut out);
+                let _ = write!(out, " ({} ", block.len());
+                escape(&labels.lines, &mut out);
+                out.push_str(")</summary>");
             }
             out.push_str("<blockquote>");
             push_lines(block, &mut out);
@@ -108,7 +126,9 @@ pub fn text_to_html(body: &str) -> String {
     if let Some(s) = sig {
         let rest = trim_blank(&lines[s + 1..]);
         if !rest.is_empty() {
-            out.push_str("<details class=\"sig\"><summary>Signature</summary><div class=\"text\">");
+            out.push_str("<details class=\"sig\"><summary>");
+            escape(&labels.signature, &mut out);
+            out.push_str("</summary><div class=\"text\">");
             push_lines(&rest, &mut out);
             out.push_str("</div></details>");
         }
@@ -137,19 +157,24 @@ mod tests {
 
     #[test]
     fn escapes_everything_and_links_urls() {
-        let h =
-            text_to_html("<script>alert(1)</script> see https://example.org/a?b=1&c=\"x\" (and https://ex.org/p_(1)).");
+        let h = text_to_html(
+            "<script>alert(1)</script> see https://example.org/a?b=1&c=\"x\" (and https://ex.org/p_(1)).",
+            &Labels::english(),
+        );
         assert!(!h.contains("<script"));
         assert!(h.contains("&lt;script&gt;"));
         assert!(h.contains("<a href=\"https://example.org/a?b=1&amp;c=\" rel="));
         assert!(h.contains(">https://ex.org/p_(1)</a>)."), "{h}");
-        let h = text_to_html("http://;URL=javascript:alert(1) and http://ex.org:8080/x and http://[::1]/y");
+        let h = text_to_html(
+            "http://;URL=javascript:alert(1) and http://ex.org:8080/x and http://[::1]/y",
+            &Labels::english(),
+        );
         assert!(!h.contains("href=\"http://;"), "{h}");
         assert!(
             h.contains("href=\"http://ex.org:8080/x\"") && h.contains("href=\"http://[::1]/y\""),
             "{h}"
         );
-        let h = text_to_html("javascript:alert(1) http://\" onmouseover=alert(1)");
+        let h = text_to_html("javascript:alert(1) http://\" onmouseover=alert(1)", &Labels::english());
         assert!(!h.contains("href=\"javascript"));
         assert!(!h.contains("\" onmouseover"), "{h}");
     }
@@ -157,7 +182,7 @@ mod tests {
     #[test]
     fn folds_long_quotes_and_signatures() {
         let body = "On Monday Ada wrote:\n> one\n> two\n> three\n> four\n> five\nMy answer.\n> short\nMore.\n-- \nAda\nhttps://ada.example/";
-        let h = text_to_html(body);
+        let h = text_to_html(body, &Labels::english());
         assert!(h.contains("<details class=\"quote\"><summary>Quoted text (5 lines)</summary><blockquote>&gt; one"));
         assert!(
             h.contains("<blockquote>&gt; short</blockquote>"),

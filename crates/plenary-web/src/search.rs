@@ -148,6 +148,11 @@ fn link(q: &str, scope: &Option<String>, sort: &str, group: bool, page: usize) -
     u
 }
 
+/// The Atom feed of a search (newest first).
+fn feed_link(q: &str, scope: &Option<String>) -> String {
+    link(q, scope, "date", false, 1).replacen("/search?", "/search/atom.xml?", 1)
+}
+
 pub async fn search(State(st): St, req: Req, Query(p): Query<SearchParams>) -> Result<Response, WebError> {
     let scope = p.list.clone().filter(|l| !l.is_empty());
     let q = p.q.clone().unwrap_or_default();
@@ -219,7 +224,7 @@ pub async fn search(State(st): St, req: Req, Query(p): Query<SearchParams>) -> R
         "date": link(&q, &scope, "date", false, 1),
         "threads": link(&q, &scope, sort, true, 1),
     });
-    let feed_url = link(&q, &scope, "date", false, 1).replacen("/search?", "/search/atom.xml?", 1);
+    let feed_url = feed_link(&q, &scope);
     let mut results = serde_json::to_value(&o.results).unwrap_or_default();
     if let Some(r) = results.as_object_mut() {
         r.insert("total".into(), total.into());
@@ -265,22 +270,9 @@ pub async fn search_feed(State(st): St, req: Req, Query(mut p): Query<SearchPara
     let Some(o) = run_search(&st, &req, &p, crate::feeds::FEED_ENTRIES)? else {
         return Err(WebError::BadRequest("Missing q.".into()));
     };
-    let mut keys = Vec::new();
-    for h in &o.results.hits {
-        keys.push(MessageKey {
-            list: h.key.list,
-            seq: h.key.seq,
-        });
-    }
-    let self_url = format!(
-        "{}{}",
-        st.settings.base_url,
-        link(&q, &p.list.clone().filter(|l| !l.is_empty()), "date", false, 1).replacen(
-            "/search?",
-            "/search/atom.xml?",
-            1
-        )
-    );
-    let html_url = self_url.replacen("/search/atom.xml?", "/search?", 1);
+    let keys: Vec<MessageKey> = o.results.hits.iter().map(|h| h.key).collect();
+    let scope = p.list.clone().filter(|l| !l.is_empty());
+    let self_url = format!("{}{}", st.settings.base_url, feed_link(&q, &scope));
+    let html_url = format!("{}{}", st.settings.base_url, link(&q, &scope, "date", false, 1));
     crate::feeds::feed_response(&st, &req, &format!("Search: {q}"), &self_url, &html_url, None, keys)
 }

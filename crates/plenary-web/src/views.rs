@@ -132,15 +132,15 @@ pub fn crumbs(list: Option<&ListRecord>, mid: Option<(&str, String)>, last: Opti
         url: Some("/".into()),
     }];
     if let Some(l) = list {
+        let name: String = l.name.chars().take(80).collect();
+        let label = match name.trim() {
+            "" => l.address.to_string(),
+            n => n.to_string(),
+        };
         v.push(Crumb {
-            label: l.name.clone().chars().take(80).collect::<String>().trim().to_string(),
+            label,
             url: Some(urls::list(l.address.as_str())),
         });
-        if v.last().is_some_and(|c| c.label.is_empty()) {
-            if let Some(c) = v.last_mut() {
-                c.label = l.address.to_string();
-            }
-        }
     }
     if let Some((label, url)) = mid {
         v.push(Crumb {
