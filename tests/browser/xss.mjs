@@ -98,6 +98,12 @@ async function probePage(browser, opts, page, settleMs) {
   // The <a>/<button> we are clicking right now, if any: a navigation to its
   // own same-site href is ours, not the page's doing.
   let clicking = null;
+  // Every href the harness has clicked on this page. A navigation request can
+  // reach the router after the click's wait is over on a slow machine, so a
+  // request is matched against all of them, not only the current click.
+  const clickedHrefs = new Set();
+  const ourClick = (reqUrl) => (clicking && clicking.href && withoutHash(clicking.href) === withoutHash(reqUrl)) ||
+    clickedHrefs.has(withoutHash(reqUrl));
   let loaded = false;
   let tab = null;
 
@@ -110,10 +116,9 @@ async function probePage(browser, opts, page, settleMs) {
       // A link in a message that the harness itself clicked, followed to where its href
       // says: what any reader could do, not something the page did on its own. Recorded,
       // aborted, not a failure. Anything else that leaves the site is.
-      const followedLink = clicking && clicking.href && req.isNavigationRequest() &&
-        withoutHash(clicking.href) === withoutHash(reqUrl) && /^https?:/i.test(reqUrl);
+      const followedLink = req.isNavigationRequest() && ourClick(reqUrl) && /^https?:/i.test(reqUrl);
       if (!isOwn(reqUrl, opts.base) && followedLink) {
-        r.linkClicks.push({ selector: clicking.selector, url: truncate(reqUrl, 300) });
+        r.linkClicks.push({ selector: clicking?.selector ?? '(earlier click)', url: truncate(reqUrl, 300) });
         return route.abort('aborted').catch(() => {});
       }
       if (!isOwn(reqUrl, opts.base)) {
@@ -129,8 +134,8 @@ async function probePage(browser, opts, page, settleMs) {
       if (loaded && req.isNavigationRequest() && tab && frameOf(req) === tab.mainFrame()) {
         if (withoutHash(reqUrl) === home) {
           r.reloads.push({ duringClick: clicking?.selector ?? null });
-        } else if (clicking && clicking.href && withoutHash(clicking.href) === withoutHash(reqUrl)) {
-          r.linkClicks.push({ selector: clicking.selector, url: reqUrl });
+        } else if (ourClick(reqUrl)) {
+          r.linkClicks.push({ selector: clicking?.selector ?? '(earlier click)', url: reqUrl });
         } else {
           r.navigations.push({ to: truncate(reqUrl, 300), how: 'request', duringClick: clicking?.selector ?? null });
         }
@@ -217,6 +222,7 @@ async function probePage(browser, opts, page, settleMs) {
     }
     for (let i = 0; i < targets.length; i++) {
       clicking = targets[i];
+      if (clicking.href) clickedHrefs.add(withoutHash(clicking.href));
       const point = await tab.evaluate((i) => {
         const el = window.__plenaryXssClick?.[i];
         if (!el || !el.isConnected) return null;
