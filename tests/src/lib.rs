@@ -463,6 +463,12 @@ pub struct Captured {
     pub mail_from: String,
     pub rcpts: Vec<String>,
     pub data: String,
+    /// The transaction ran over TLS (STARTTLS or implicit).
+    #[serde(default)]
+    pub tls: bool,
+    /// The user the session authenticated as, if any.
+    #[serde(default)]
+    pub auth: Option<String>,
 }
 
 impl Captured {
@@ -505,11 +511,17 @@ impl Relay {
 
     /// Start on a given port (0: any), e.g. to bring a relay back where it was.
     pub fn start_on(dir: &Path, port: u16) -> Relay {
+        Relay::start_with(dir, port, &[])
+    }
+
+    /// Start with relay.py options, e.g. `["--starttls", CERT, KEY, "--auth", "u:p"]`.
+    pub fn start_with(dir: &Path, port: u16, options: &[&str]) -> Relay {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("relay dir: {e}"));
         let mut child = Command::new("/usr/bin/python3")
             .arg(workspace().join("tests/py/relay.py"))
             .arg(dir)
             .arg(port.to_string())
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -568,6 +580,21 @@ impl Relay {
         } else {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// Answer 451 to these recipients only (temporary failure), until changed.
+    pub fn defer(&self, rcpts: &[&str]) {
+        let _ = std::fs::write(self.dir.join("defer"), rcpts.join("\n"));
+    }
+
+    /// The relay's answers to `rcpt`'s RCPT commands so far (e.g. `[451, 451, 250]`).
+    pub fn rcpt_answers(&self, rcpt: &str) -> Vec<u16> {
+        let text = std::fs::read_to_string(self.dir.join("rcpts.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, a)| a.eq_ignore_ascii_case(rcpt))
+            .filter_map(|(c, _)| c.parse().ok())
+            .collect()
     }
 
     pub fn stop(&mut self) {

@@ -11,19 +11,17 @@
 
 pub mod compose;
 pub mod dkim;
+mod relay;
 
 use compose::{prepare, Prepared, Transform};
 use dkim::DkimKey;
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Mechanism;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::{authentication::Credentials, PoolConfig};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use plenary_core::list::{Delivery, Member};
 use plenary_core::MemberAddress;
 use plenary_list::Engine;
 use plenary_store::{FanoutJob, JobKind, ListRecord, RetryEntry, Store, StoreError, Write};
+use relay::RelayTlsConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +42,8 @@ pub struct FanoutSettings {
     pub tls: RelayTls,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Extra trusted root certificate(s) for the relay's TLS (PEM), e.g. a self-signed one.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Parallel SMTP transactions (pooled connections).
     pub concurrency: usize,
     /// Recipients per durable batch.
@@ -67,6 +67,7 @@ impl Default for FanoutSettings {
             tls: RelayTls::None,
             username: None,
             password: None,
+            ca_file: None,
             concurrency: 16,
             batch: 500,
             max_per_second: 0,
@@ -132,8 +133,9 @@ pub struct Worker {
     engine: Engine,
     settings: FanoutSettings,
     keys: Arc<Vec<DkimKey>>,
-    relay: AsyncSmtpTransport<Tokio1Executor>,
-    /// Plain-TCP relay connections we opened ourselves with TCP_NODELAY (see [`Worker::send`]).
+    /// TLS material when the relay is reached over TLS.
+    tls: Option<RelayTlsConfig>,
+    /// Idle relay connections, opened by [`relay::connect`], for reuse.
     idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
 }
 
@@ -148,70 +150,27 @@ impl Worker {
         settings: FanoutSettings,
         keys: Vec<DkimKey>,
     ) -> Result<Worker, FanoutError> {
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.relay_host)
-            .port(settings.relay_port)
-            .timeout(Some(settings.timeout))
-            .pool_config(PoolConfig::new().max_size(settings.concurrency.max(1) as u32));
-        let tls = || {
-            TlsParameters::new(settings.relay_host.clone())
-                .map_err(|e| FanoutError::Relay(format!("TLS for {}: {e}", settings.relay_host)))
-        };
-        b = match settings.tls {
-            RelayTls::None => b.tls(Tls::None),
-            RelayTls::StartTls => b.tls(Tls::Required(tls()?)),
-            RelayTls::Tls => b.tls(Tls::Wrapper(tls()?)),
-        };
-        if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
-            b = b.credentials(Credentials::new(u.clone(), p.clone()));
-        }
+        let tls = RelayTlsConfig::new(&settings)?;
         Ok(Worker {
             store,
             engine,
             settings,
             keys: Arc::new(keys),
-            relay: b.build(),
+            tls,
             idle: std::sync::Mutex::new(Vec::new()),
         })
     }
 
-    /// A new plain-TCP relay connection with TCP_NODELAY, EHLO (and AUTH) done.
-    ///
-    /// Why not lettre's own pool on plain TCP: lettre writes the message and the final
-    /// `.` in two writes on a socket without TCP_NODELAY, so Nagle holds the 5-byte end
-    /// marker until the peer's delayed ACK, about 40 ms per copy (measured with strace against
-    /// smtp-sink), and it sends a NOOP before reusing a pooled connection. Handing lettre a
-    /// socket with TCP_NODELAY keeps its SMTP client and removes both waits.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
-        let addr = (self.settings.relay_host.as_str(), self.settings.relay_port);
-        let stream = tokio::time::timeout(self.settings.timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connection to the relay timed out".to_string())?
-            .map_err(|e| format!("cannot connect to the relay: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| format!("TCP_NODELAY: {e}"))?;
-        let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &ClientId::default())
-            .await
-            .map_err(|e| format!("relay greeting/EHLO: {e}"))?;
-        if let (Some(u), Some(p)) = (&self.settings.username, &self.settings.password) {
-            conn.auth(
-                &[Mechanism::Plain, Mechanism::Login],
-                &Credentials::new(u.clone(), p.clone()),
-            )
-            .await
-            .map_err(|e| format!("relay AUTH: {e}"))?;
-        }
-        Ok(conn)
-    }
-
-    /// Send over our own plain-TCP connections; a reused connection that turns out to be
+    /// Send over our own relay connections; a reused connection that turns out to be
     /// closed is replaced once.
-    async fn send_plain(&self, env: &Envelope, bytes: &[u8]) -> Sent {
+    async fn send_on_connection(&self, env: &Envelope, bytes: &[u8]) -> Sent {
         let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
         let attempts: [bool; 2] = [reused.is_some(), false];
         let mut reused = reused;
         for was_reused in attempts {
             let mut conn = match reused.take() {
                 Some(c) => c,
-                None => match self.connect().await {
+                None => match relay::connect(&self.settings, self.tls.as_ref()).await {
                     Ok(c) => c,
                     Err(e) => return Sent::Temporary(e),
                 },
@@ -257,14 +216,7 @@ impl Worker {
             Ok(e) => e,
             Err(e) => return Sent::Permanent(format!("bad envelope: {e}")),
         };
-        if self.settings.tls == RelayTls::None {
-            return self.send_plain(&env, &copy.bytes).await;
-        }
-        match self.relay.send_raw(&env, &copy.bytes).await {
-            Ok(_) => Sent::Ok,
-            Err(e) if e.is_permanent() => Sent::Permanent(e.to_string()),
-            Err(e) => Sent::Temporary(e.to_string()),
-        }
+        self.send_on_connection(&env, &copy.bytes).await
     }
 
     /// Build the plan of a job: load and prepare its message(s) once.
@@ -490,6 +442,24 @@ impl Worker {
         let mut delivered = 0;
         let t = now();
         let member_job = matches!(job.what, JobKind::Post { .. } | JobKind::Digest { .. });
+        // One log line per batch for temporary failures (a relay outage would otherwise
+        // write one per recipient), with the first reason.
+        let temporary: Vec<&str> = results
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Sent::Temporary(why) => Some(why.as_str()),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = temporary.first() {
+            tracing::warn!(
+                list = %list.address,
+                job = job.id,
+                recipients = temporary.len(),
+                error = %first,
+                "temporary delivery failure; will retry"
+            );
+        }
         for (rcpt, r) in results {
             let old = prior.get(&rcpt);
             match r {

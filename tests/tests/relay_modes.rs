@@ -1,0 +1,289 @@
+//! The fan-out worker against relays that want TLS and AUTH, and the retry give-up path.
+//!
+//! The relay is `tests/py/relay.py` (a real SMTP server) with a certificate made here by
+//! `openssl`: STARTTLS on a submission-style relay and implicit TLS (RFC 8314), both
+//! requiring AUTH. A daemon without the relay's CA must not deliver (the certificate is
+//! checked), and one with a wrong password must not either. A recipient the relay keeps
+//! deferring (451) is retried with backoff and, once `fanout.give_up_secs` have passed,
+//! counts as bounced.
+
+use plenary_e2e::{send_from, Daemon, Relay};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LIST: &str = "relay@lists.example.org";
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA and a relay certificate for 127.0.0.1 (the host the daemon dials) signed
+/// by it. Returns (CA certificate, relay certificate, relay key).
+fn certificate(dir: &Path) -> (String, String, String) {
+    let p = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (ca, ca_key, csr, cert, key, ext) = (
+        p("ca.pem"),
+        p("ca-key.pem"),
+        p("relay.csr"),
+        p("relay-cert.pem"),
+        p("relay-key.pem"),
+        p("relay.ext"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Test relay CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap_or_else(|e| panic!("{ext}: {e}"));
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    (ca, cert, key)
+}
+
+fn post(id: &str) -> String {
+    format!("From: chair@example.org\r\nTo: {LIST}\r\nSubject: Relay test {id}\r\nMessage-ID: <{id}@example.org>\r\n\r\nHello.\r\n")
+}
+
+fn daemon(root: &Path, relay: &str, members: &[&str]) -> Daemon {
+    std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("{}: {e}", root.display()));
+    let d = Daemon::start(
+        root,
+        "",
+        &format!("[relay]\n{relay}\n\n[fanout]\nretry_initial_secs = 1\nretry_max_secs = 1\n"),
+    );
+    d.create_list(LIST);
+    d.cli_ok(&["list", "set", LIST, "posting=open"]);
+    let csv: String = members.iter().map(|m| format!("{m}\n")).collect();
+    let out = d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+    assert!(out.contains(&format!("{} added", members.len())), "{out}");
+    d
+}
+
+const MEMBERS: [&str; 3] = ["ana@example.net", "bo@example.net", "chen@example.com"];
+
+fn deliver_over(mode: &str, relay_flag: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificate(dir.path());
+    let relay = Relay::start_with(
+        &dir.path().join("relay"),
+        0,
+        &[relay_flag, &cert, &key, "--auth", "plenary:s3cret pass"],
+    );
+    let d = daemon(
+        &dir.path().join("good"),
+        &format!(
+            "port = {}\ntls = \"{mode}\"\nusername = \"plenary\"\npassword = \"s3cret pass\"\nca_file = \"{ca}\"",
+            relay.port
+        ),
+        &MEMBERS,
+    );
+    let r = send_from(d.smtp, "chair@example.org", LIST, &post(mode));
+    assert!(r.starts_with("250"), "{r}");
+    let got = relay.wait_for(&format!("three copies over {mode}"), 60, |m| m.len() >= 3);
+    assert_eq!(got.len(), 3, "one copy per member");
+    for m in &got {
+        assert!(m.tls, "{mode}: the transaction ran over TLS: {:?}", m.rcpts);
+        assert_eq!(m.auth.as_deref(), Some("plenary"), "{mode}: authenticated");
+    }
+    let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["ana@example.net", "bo@example.net", "chen@example.com"]);
+    println!("{mode}: 3 copies delivered over TLS with AUTH");
+}
+
+#[test]
+fn delivers_over_starttls_with_auth() {
+    deliver_over("starttls", "--starttls");
+}
+
+#[test]
+fn delivers_over_implicit_tls_with_auth() {
+    deliver_over("tls", "--tls");
+}
+
+/// Without the relay's CA the certificate does not verify, and with a wrong password AUTH
+/// fails: either way nothing reaches the relay and the post stays queued for retry.
+#[test]
+fn an_untrusted_certificate_or_a_wrong_password_delivers_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = certificate(dir.path());
+    let relay = Relay::start_with(
+        &dir.path().join("relay"),
+        0,
+        &["--starttls", &cert, &key, "--auth", "plenary:right"],
+    );
+    let untrusted = daemon(
+        &dir.path().join("untrusted"),
+        &format!(
+            "port = {}\ntls = \"starttls\"\nusername = \"plenary\"\npassword = \"right\"",
+            relay.port
+        ),
+        &MEMBERS,
+    );
+    let wrong = daemon(
+        &dir.path().join("wrong"),
+        &format!(
+            "port = {}\ntls = \"starttls\"\nusername = \"plenary\"\npassword = \"wrong\"\nca_file = \"{ca}\"",
+            relay.port
+        ),
+        &MEMBERS,
+    );
+    for d in [&untrusted, &wrong] {
+        let r = send_from(d.smtp, "chair@example.org", LIST, &post("refused"));
+        assert!(r.starts_with("250"), "{r}");
+    }
+    // Both daemons try (and retry every second) for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut cert_err, mut auth_err) = (false, false);
+    while Instant::now() < deadline && !(cert_err && auth_err) {
+        std::thread::sleep(Duration::from_millis(200));
+        let u = untrusted.log_text().to_lowercase();
+        cert_err = u.contains("certificate") || u.contains("unknownissuer");
+        auth_err = wrong.log_text().contains("relay AUTH");
+    }
+    assert!(cert_err, "untrusted daemon's log:\n{}", untrusted.log_text());
+    assert!(auth_err, "wrong-password daemon's log:\n{}", wrong.log_text());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(relay.messages().is_empty(), "nothing may be delivered");
+    for d in [&untrusted, &wrong] {
+        let q = String::from_utf8_lossy(&d.cli(&["queue"]).stdout).into_owned();
+        assert!(
+            q.contains("waiting to retry") || q.contains("1 job"),
+            "still queued: {q}"
+        );
+    }
+}
+
+/// A recipient the relay defers (451) on every try is retried with backoff until
+/// `give_up_secs`, then counts as bounced; the others get the post at once.
+#[test]
+fn a_recipient_deferred_past_give_up_counts_as_bounced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&dir.path().join("relay"));
+    relay.defer(&["bo@example.net"]);
+    let root = dir.path().join("d");
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display()));
+    let d = Daemon::start(
+        &root,
+        "",
+        &format!(
+            "[relay]\nport = {}\n\n[fanout]\nretry_initial_secs = 1\nretry_max_secs = 1\ngive_up_secs = 4\n",
+            relay.port
+        ),
+    );
+    d.create_list(LIST);
+    d.cli_ok(&[
+        "list",
+        "set",
+        LIST,
+        "posting=open",
+        "bounce_threshold=1",
+        "owners=owner@example.org",
+    ]);
+    let csv: String = MEMBERS.iter().map(|m| format!("{m}\n")).collect();
+    d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+    let started = Instant::now();
+    let r = send_from(d.smtp, "chair@example.org", LIST, &post("giveup"));
+    assert!(r.starts_with("250"), "{r}");
+    relay.wait_for("the two others' copies", 30, |m| {
+        m.iter().filter(|x| x.data.contains("giveup@example.org")).count() >= 2
+    });
+
+    let bo_bounced = |csv: &str| {
+        csv.lines()
+            .any(|l| l.starts_with("bo@example.net,") && l.contains(",1.0,"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let csv = loop {
+        let csv = d.cli_ok(&["member", "ls", LIST]);
+        if bo_bounced(&csv) {
+            break csv;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bo never counted as bounced; members:\n{csv}\nrelay answers to bo: {:?}",
+            relay.rcpt_answers("bo@example.net")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let waited = started.elapsed();
+    let answers = relay.rcpt_answers("bo@example.net");
+    assert!(
+        answers.len() >= 3 && answers.iter().all(|&c| c == 451),
+        "bo was tried several times and always deferred: {answers:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4),
+        "no give-up before give_up_secs: {waited:?}"
+    );
+    for ok in ["ana@example.net", "chen@example.com"] {
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with(&format!("{ok},")) && l.contains(",0.0,")),
+            "{ok} did not bounce:\n{csv}"
+        );
+        assert_eq!(relay.rcpt_answers(ok), [250], "{ok} got it on the first try");
+    }
+    // Nothing is left waiting, and the owner hears of the disabled member.
+    let q = String::from_utf8_lossy(&d.cli(&["queue"]).stdout).into_owned();
+    assert!(!q.contains(" 1 waiting to retry"), "{q}");
+    relay.wait_for("the owner's notice", 30, |m| {
+        m.iter()
+            .any(|x| x.rcpts.iter().any(|r| r == "owner@example.org") && x.data.contains("bo@example.net"))
+    });
+    println!(
+        "bo deferred {} times, counted as bounced after {:.1} s (give_up_secs = 4)",
+        answers.len(),
+        waited.as_secs_f64()
+    );
+}
