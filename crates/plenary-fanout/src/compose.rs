@@ -71,6 +71,9 @@ pub struct Transform {
     pub list_changes: bool,
     /// Add the list headers (posts and digests; not owner forwards).
     pub list_headers: bool,
+    /// The author's domain publishes `p=quarantine` or `p=reject` (looked up by the
+    /// worker, see `dmarc.rs`): with `dmarc = munge`, From is rewritten.
+    pub strict_dmarc: bool,
 }
 
 /// A message prepared for a list: everything but the per-recipient parts.
@@ -132,6 +135,12 @@ fn author_domain(from: &[u8]) -> Option<String> {
     (!d.is_empty()).then_some(d)
 }
 
+/// The domain of the author's address in From, lower-cased.
+pub fn from_domain(raw: &[u8]) -> Option<String> {
+    let (fields, _) = split(raw);
+    get(&fields, "from").and_then(author_domain)
+}
+
 /// Prepare `raw` for `list`. `base_url` is the web archive's public base.
 pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> Prepared {
     let raw = plenary_core::mime::crlf(raw);
@@ -175,9 +184,12 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
         && match s.dmarc {
             DmarcMode::Off => false,
             DmarcMode::Always => true,
-            DmarcMode::Munge => get(&fields, "from")
-                .and_then(author_domain)
-                .is_some_and(|d| s.always_munge.contains(&d)),
+            DmarcMode::Munge => {
+                t.strict_dmarc
+                    || get(&fields, "from")
+                        .and_then(author_domain)
+                        .is_some_and(|d| s.always_munge.contains(&d))
+            }
         };
     let has_reply_to = get(&fields, "reply-to").is_some();
     for (name, value) in &fields {
@@ -353,6 +365,7 @@ mod tests {
             archived_at: Some(permalink("https://l.example.org", &list(), "m1@x")),
             list_changes: true,
             list_headers: true,
+            strict_dmarc: false,
         };
         let p = prepare(&list(), raw, "https://l.example.org/", &t);
         let out = String::from_utf8(p.render(&[], Some("tok"), 0).expect("render")).expect("utf8");
@@ -377,6 +390,7 @@ mod tests {
             archived_at: None,
             list_changes: true,
             list_headers: true,
+            strict_dmarc: false,
         };
         let p = prepare(&list(), b"From: a@x.org\r\nSubject: s\r\n\r\nbody\r\n", "https://l", &t);
         let mut sigs = std::collections::HashSet::new();
@@ -412,6 +426,7 @@ mod tests {
             archived_at: None,
             list_changes: true,
             list_headers: true,
+            strict_dmarc: false,
         };
         let raw = b"From: \"Bo\" <bo@yahoo.com>\r\nSubject: hello\r\n\r\nbody\r\n";
         let out = String::from_utf8(prepare(&l, raw, "https://l", &t).render(&[], None, 0).expect("r")).expect("u");
@@ -431,5 +446,22 @@ mod tests {
             out2.contains("From: cy@example.net\r\n") && out2.contains("Subject: [gov] again\r\n"),
             "{out2}"
         );
+        // The same author when the worker found p=reject/quarantine for example.net.
+        let strict = Transform {
+            strict_dmarc: true,
+            ..t.clone()
+        };
+        let out3 =
+            String::from_utf8(prepare(&l, raw2, "https://l", &strict).render(&[], None, 0).expect("r")).expect("u");
+        assert!(
+            out3.contains("From: \"cy@example.net via gov\" <gov@lists.example.org>\r\n"),
+            "{out3}"
+        );
+        assert_eq!(from_domain(raw2).as_deref(), Some("example.net"));
+        // Off never munges, whatever the policy.
+        l.settings.dmarc = DmarcMode::Off;
+        let out4 =
+            String::from_utf8(prepare(&l, raw2, "https://l", &strict).render(&[], None, 0).expect("r")).expect("u");
+        assert!(out4.contains("From: cy@example.net\r\n"), "{out4}");
     }
 }

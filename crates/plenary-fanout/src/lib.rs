@@ -11,13 +11,14 @@
 
 pub mod compose;
 pub mod dkim;
+pub mod dmarc;
 mod relay;
 
 use compose::{prepare, Prepared, Transform};
 use dkim::DkimKey;
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use plenary_core::list::{Delivery, Member};
+use plenary_core::list::{Delivery, DmarcMode, Member};
 use plenary_core::MemberAddress;
 use plenary_list::Engine;
 use plenary_store::{FanoutJob, JobKind, ListRecord, RetryEntry, Store, StoreError, Write};
@@ -42,6 +43,9 @@ pub struct FanoutSettings {
     pub tls: RelayTls,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Name servers for DMARC policy lookups (empty: the system's resolv.conf).
+    pub dns_servers: Vec<std::net::SocketAddr>,
+    pub dns_timeout: Duration,
     /// Extra trusted root certificate(s) for the relay's TLS (PEM), e.g. a self-signed one.
     pub ca_file: Option<std::path::PathBuf>,
     /// Parallel SMTP transactions (pooled connections).
@@ -68,6 +72,8 @@ impl Default for FanoutSettings {
             username: None,
             password: None,
             ca_file: None,
+            dns_servers: Vec::new(),
+            dns_timeout: Duration::from_secs(5),
             concurrency: 16,
             batch: 500,
             max_per_second: 0,
@@ -135,6 +141,8 @@ pub struct Worker {
     keys: Arc<Vec<DkimKey>>,
     /// TLS material when the relay is reached over TLS.
     tls: Option<RelayTlsConfig>,
+    /// DMARC policy lookups (or why the resolver could not be set up).
+    dmarc: Result<dmarc::Dmarc, String>,
     /// Idle relay connections, opened by [`relay::connect`], for reuse.
     idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
 }
@@ -151,12 +159,17 @@ impl Worker {
         keys: Vec<DkimKey>,
     ) -> Result<Worker, FanoutError> {
         let tls = RelayTlsConfig::new(&settings)?;
+        let dmarc = dmarc::Dmarc::new(&settings.dns_servers, settings.dns_timeout);
+        if let Err(e) = &dmarc {
+            tracing::error!(error = %e, "no DNS for DMARC lookups: lists with dmarc = munge munge every post");
+        }
         Ok(Worker {
             store,
             engine,
             settings,
             keys: Arc::new(keys),
             tls,
+            dmarc,
             idle: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -220,7 +233,35 @@ impl Worker {
     }
 
     /// Build the plan of a job: load and prepare its message(s) once.
-    fn plan(&self, job: &FanoutJob) -> Result<Option<JobPlan>, FanoutError> {
+    /// Whether the author's domain asks receivers to quarantine or reject mail that fails
+    /// DMARC (for lists with `dmarc = munge`). A DNS failure counts as yes (see `dmarc.rs`).
+    async fn strict_dmarc(&self, list: &ListRecord, raw: &[u8]) -> bool {
+        if list.settings.dmarc != DmarcMode::Munge {
+            return false;
+        }
+        let Some(domain) = compose::from_domain(raw) else {
+            return false;
+        };
+        if list.settings.always_munge.contains(&domain) {
+            return true;
+        }
+        let dmarc = match &self.dmarc {
+            Ok(d) => d,
+            Err(_) => return true,
+        };
+        match dmarc.policy(&domain).await {
+            Ok(p) => {
+                tracing::debug!(list = %list.address, %domain, policy = ?p, "DMARC policy");
+                p.strict()
+            }
+            Err(e) => {
+                tracing::warn!(list = %list.address, %domain, error = %e, "DMARC lookup failed; munging From");
+                true
+            }
+        }
+    }
+
+    async fn plan(&self, job: &FanoutJob) -> Result<Option<JobPlan>, FanoutError> {
         let Some(list) = self.store.list_by_id(job.list)? else {
             return Ok(None);
         };
@@ -235,6 +276,7 @@ impl Worker {
                     archived_at: (!m.meta.no_archive).then(|| compose::permalink(base, &list, &m.meta.message_id)),
                     list_changes: true,
                     list_headers: true,
+                    strict_dmarc: self.strict_dmarc(&list, &raw).await,
                 };
                 (vec![Arc::new(prepare(&list, &raw, base, &t))], author.clone())
             }
@@ -244,6 +286,7 @@ impl Worker {
                     archived_at: None,
                     list_changes: false,
                     list_headers: true,
+                    strict_dmarc: false,
                 };
                 (
                     vec![
@@ -518,7 +561,7 @@ impl Worker {
     ) -> Result<usize, FanoutError> {
         let plan = match plans.get(&job.id) {
             Some(p) => p.clone(),
-            None => match self.plan(&job)? {
+            None => match self.plan(&job).await? {
                 Some(p) => {
                     let p = Arc::new(p);
                     plans.insert(job.id, p.clone());
@@ -596,7 +639,7 @@ impl Worker {
             };
             let plan = match plans.get(&job_id) {
                 Some(p) => p.clone(),
-                None => match self.plan(&job)? {
+                None => match self.plan(&job).await? {
                     Some(p) => {
                         let p = Arc::new(p);
                         plans.insert(job_id, p.clone());

@@ -67,6 +67,8 @@ pub const KEYS: &[&str] = &[
     "fanout.retry_initial_secs",
     "fanout.retry_max_secs",
     "fanout.give_up_secs",
+    "dns.servers",
+    "dns.timeout_secs",
     "dkim.selector",
     "dkim.rsa_key",
     "dkim.ed25519_key",
@@ -294,6 +296,26 @@ impl Config {
             }
         };
         let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+        let mut dns_servers = Vec::new();
+        for part in r
+            .string("dns.servers", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let with_port = if part.parse::<std::net::IpAddr>().is_ok() {
+                format!("{part}:53")
+            } else {
+                part.to_string()
+            };
+            match with_port.parse::<SocketAddr>() {
+                Ok(a) => dns_servers.push(a),
+                Err(_) => r.errors.push(format!(
+                    "dns.servers: {part:?} is not an IP address or IP:port (e.g. 127.0.0.1:53)"
+                )),
+            }
+        }
+        let dns_timeout = secs(r.int("dns.timeout_secs", 5, 1, 60));
         let fanout = FanoutSettings {
             relay_host: r.string("relay.host", "127.0.0.1"),
             relay_port: r.int("relay.port", 25, 1, 65_535) as u16,
@@ -301,6 +323,8 @@ impl Config {
             username: nonempty(r.string("relay.username", "")),
             password: nonempty(r.string("relay.password", "")),
             ca_file: nonempty(r.string("relay.ca_file", "")).map(rel),
+            dns_servers,
+            dns_timeout,
             concurrency: r.int("fanout.concurrency", 16, 1, 1000) as usize,
             batch: r.int("fanout.batch", 500, 1, 100_000) as usize,
             max_per_second: r.int("fanout.max_per_second", 0, 0, 1_000_000) as u32,
