@@ -23,10 +23,10 @@ use plenary_store::{
     FanoutJob, HeldPost, IngestRequest, IngestTarget, JobKind, ListRecord, LogEntry, Pending, PendingAction,
     PostHandling, Store, StoreError, TargetOutcome, Write,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Engine settings (from the `[list]` section of the config).
 #[derive(Debug, Clone)]
@@ -132,38 +132,11 @@ pub enum Confirmed {
     Moderated(ModAction),
 }
 
-/// A sliding one-hour window per key.
-#[derive(Default)]
-struct Limiter {
-    hits: HashMap<String, VecDeque<Instant>>,
-}
-
-impl Limiter {
-    fn allow(&mut self, key: &str, max: usize) -> bool {
-        let now = Instant::now();
-        let window = Duration::from_secs(3600);
-        if self.hits.len() > 100_000 {
-            self.hits
-                .retain(|_, v| v.back().is_some_and(|t| now.duration_since(*t) < window));
-        }
-        let q = self.hits.entry(key.to_string()).or_default();
-        while q.front().is_some_and(|t| now.duration_since(*t) >= window) {
-            q.pop_front();
-        }
-        if q.len() >= max {
-            return false;
-        }
-        q.push_back(now);
-        true
-    }
-}
-
 /// The list engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     store: Store,
     settings: Arc<EngineSettings>,
-    limiter: Arc<Mutex<Limiter>>,
 }
 
 fn now() -> i64 {
@@ -175,7 +148,6 @@ impl Engine {
         Engine {
             store,
             settings: Arc::new(settings),
-            limiter: Arc::default(),
         }
     }
 
@@ -199,10 +171,15 @@ impl Engine {
             .ok_or_else(|| EngineError::NoList(format!("#{}", id.0)))
     }
 
+    /// Confirmation-mail rate limit: at most `max` per `key` per hour, kept in the store
+    /// so that a restart does not reset it. A store error refuses (no mail).
     fn limit(&self, key: String, max: usize) -> bool {
-        match self.limiter.lock() {
-            Ok(mut l) => l.allow(&key, max),
-            Err(_) => false,
+        match self.store.rate_hit(&key, max, 3600, now()) {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limit check failed; refusing");
+                false
+            }
         }
     }
 

@@ -117,6 +117,38 @@ async fn confirmation_mail_is_rate_limited() {
 }
 
 #[tokio::test]
+async fn rate_limits_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ask = |e: &Engine| {
+        e.request_subscribe(
+            "gov@lists.example.org",
+            "victim@example.net",
+            "",
+            Delivery::Each,
+            JoinedVia::Web,
+            None,
+        )
+        .is_ok()
+    };
+    {
+        let e = engine(dir.path());
+        let sent = (0..10).filter(|_| ask(&e)).count();
+        assert_eq!(sent, EngineSettings::default().confirm_per_address);
+        e.store().close().expect("close");
+    }
+    // A new process on the same data: the victim still gets no more mail this hour.
+    let mut s = StoreSettings::new(dir.path());
+    s.min_free_bytes = 0;
+    let e = Engine::new(Store::open(s).expect("reopen"), EngineSettings::default());
+    assert!(!ask(&e), "the limit must not reset on restart");
+    // The store's window logic: a hit an hour old no longer counts.
+    let st = e.store();
+    assert!(st.rate_hit("k", 1, 3600, 1_000).expect("hit"));
+    assert!(!st.rate_hit("k", 1, 3600, 4_599).expect("hit"));
+    assert!(st.rate_hit("k", 1, 3600, 4_600).expect("hit"));
+}
+
+#[tokio::test]
 async fn held_post_is_approved_into_the_archive_and_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
     let e = engine(dir.path());

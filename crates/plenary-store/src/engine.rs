@@ -321,6 +321,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Count one hit for `key` if fewer than `max` hits fell in the last `window` seconds
+    /// before `now`; returns whether it was allowed (a refused hit is not counted). The
+    /// hits are kept in sled, so a restart does not reset the limit; they become durable
+    /// with the next durable write (the confirmation mail the hit allows is one).
+    pub fn rate_hit(&self, key: &str, max: usize, window: i64, now: i64) -> Result<bool, StoreError> {
+        let tree = &self.trees().rate;
+        let mut allowed = false;
+        tree.fetch_and_update(key.as_bytes(), |old| {
+            let mut hits: Vec<i64> = old.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+            hits.retain(|&t| now - t < window && t <= now);
+            allowed = hits.len() < max;
+            if allowed {
+                hits.push(now);
+            }
+            Some(json(&hits))
+        })?;
+        // Now and then, drop keys whose newest hit is out of the window.
+        if now % 64 == 0 || tree.len() > 100_000 {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let hits: Vec<i64> = serde_json::from_slice(&v).unwrap_or_default();
+                if hits.iter().all(|&t| now - t >= window) {
+                    tree.remove(k)?;
+                }
+            }
+        }
+        Ok(allowed)
+    }
+
     pub fn job_has_retries(&self, job: u64) -> bool {
         self.trees().retries.scan_prefix(job.to_be_bytes()).next().is_some()
     }

@@ -146,6 +146,9 @@ pub(crate) struct Trees {
     pub retries: sled::Tree,
     /// List id (4) + seq (8) → received_at (8): posts waiting for the next digest.
     pub digest: sled::Tree,
+    /// Rate-limit key (`ip:…`, `addr:…`) → recent hits, unix seconds (JSON): confirmation
+    /// mail limits that survive a restart.
+    pub rate: sled::Tree,
 }
 
 struct Inner {
@@ -212,6 +215,7 @@ impl Store {
             fanout: t("fanout")?,
             retries: t("retries")?,
             digest: t("digest")?,
+            rate: t("rate")?,
         };
         match trees.meta.get(b"schema")? {
             None => {
