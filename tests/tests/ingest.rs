@@ -237,6 +237,42 @@ fn lmtp_gives_one_reply_per_recipient() {
     assert_eq!(d.count("second@lists.example.org"), 1);
 }
 
+/// RFC 2033: each recipient's reply tells its own outcome. A list whose policy refuses the
+/// post answers 550 for itself while the others answer 250 (SMTP has one shared reply).
+#[test]
+fn lmtp_reports_a_policy_refusal_for_its_own_recipient_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), "lmtp_listen = \"127.0.0.1:0\"", "");
+    let closed = "closed@lists.example.org";
+    let open2 = "second@lists.example.org";
+    for l in [LIST, closed, open2] {
+        d.create_list(l);
+    }
+    d.cli_ok(&["list", "set", closed, "posting=members", "nonmember=reject"]);
+    let lmtp = d.lmtp.expect("lmtp listener");
+    let mut c = Smtp::open(lmtp);
+    assert!(c.cmd("LHLO mta.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<outsider@t.test>").starts_with("250"));
+    for l in [LIST, closed, open2] {
+        assert!(c.cmd(&format!("RCPT TO:<{l}>")).starts_with("250"), "{l}");
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(
+        b"From: outsider@t.test\r\nMessage-ID: <lmtp-2@example.org>\r\nSubject: to three lists\r\n\r\nhello\r\n.\r\n",
+    );
+    let replies: Vec<String> = (0..3).map(|_| c.reply()).collect();
+    assert!(replies[0].starts_with("250"), "{replies:?}");
+    assert!(
+        replies[1].starts_with("550"),
+        "the closed list refuses for itself: {replies:?}"
+    );
+    assert!(replies[2].starts_with("250"), "{replies:?}");
+    assert!(c.cmd("QUIT").starts_with("221"));
+    assert_eq!(d.count(LIST), 1);
+    assert_eq!(d.count(open2), 1);
+    assert_eq!(d.count(closed), 0);
+}
+
 #[test]
 fn cli_works_beside_the_daemon_and_offline() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -508,26 +508,43 @@ impl<'a> Session<'a> {
             conn.write(&wire).await?;
             return Ok(true);
         }
-        let r = if data.too_big {
-            Reply::new(
+        let result = if data.too_big {
+            Err(Reply::new(
                 552,
                 format!("5.3.4 Message size exceeds fixed limit of {} bytes", s.max_message_size),
-            )
+            ))
         } else if data.line_too_long {
-            Reply::new(
+            Err(Reply::new(
                 554,
                 format!("5.6.0 Message has a line longer than {} bytes", s.max_line_length),
-            )
+            ))
         } else {
             self.accept(data.message, tx).await
         };
         match self.proto {
-            Protocol::Smtp => self.reply(conn, r).await,
+            Protocol::Smtp => {
+                let r = match result {
+                    Ok(outcomes) => smtp_reply(&outcomes),
+                    Err(r) => r,
+                };
+                self.reply(conn, r).await
+            }
             Protocol::Lmtp => {
-                // RFC 2033: one reply per accepted recipient, in order.
+                // RFC 2033: one reply per accepted recipient, in order, each telling what
+                // happened for that recipient (a policy refusal for one list does not hide
+                // the delivery to another).
                 let mut wire = Vec::new();
-                for _ in 0..rcpt_count {
-                    wire.extend_from_slice(&r.to_wire());
+                match result {
+                    Ok(outcomes) => {
+                        for o in &outcomes {
+                            wire.extend_from_slice(&lmtp_reply(o).to_wire());
+                        }
+                    }
+                    Err(r) => {
+                        for _ in 0..rcpt_count {
+                            wire.extend_from_slice(&r.to_wire());
+                        }
+                    }
                 }
                 conn.write(&wire).await?;
                 Ok(false)
@@ -535,13 +552,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn accept(&self, body: Vec<u8>, tx: Transaction) -> Reply {
+    /// Store the message for every recipient of the transaction: one outcome per recipient
+    /// in RCPT order, or the one reply that applies to all of them.
+    async fn accept(&self, body: Vec<u8>, tx: Transaction) -> Result<Vec<TargetOutcome>, Reply> {
         let s = self.s();
         if let Err(e) = mime::scan(&body, &s.mime) {
-            return Reply::new(554, format!("5.6.0 Message refused: {e}"));
+            return Err(Reply::new(554, format!("5.6.0 Message refused: {e}")));
         }
         if let Some(r) = loop_check(&body, s.max_received_headers, &tx.targets) {
-            return r;
+            return Err(r);
         }
         let now = chrono::Utc::now();
         let received = format!(
@@ -579,7 +598,7 @@ impl<'a> Session<'a> {
             .await
             {
                 Ok(v) => v,
-                Err(_) => return reply::local_error(),
+                Err(_) => return Err(reply::local_error()),
             }
         };
         let req = IngestRequest {
@@ -595,39 +614,51 @@ impl<'a> Session<'a> {
             handling: PostHandling::ByPolicy,
         };
         match self.ctx.store.ingest(req).await {
-            Ok(outcomes) => {
-                // A policy refusal is only reported when nothing else was accepted: the
-                // sending server then tells the author (no backscatter from us).
-                let refused: Vec<&str> = outcomes
-                    .iter()
-                    .filter_map(|o| match o {
-                        TargetOutcome::Rejected(t) => Some(*t),
-                        _ => None,
-                    })
-                    .collect();
-                if !refused.is_empty() && refused.len() == outcomes.len() {
-                    return Reply::new(550, refused[0].to_string());
-                }
-                let ids: Vec<String> = outcomes
-                    .iter()
-                    .map(|o| match o {
-                        TargetOutcome::Archived(k) => format!("{k}"),
-                        TargetOutcome::Duplicate(k) => format!("{k} (duplicate)"),
-                        TargetOutcome::Inbox(n) => format!("inbox:{n}"),
-                        TargetOutcome::Held(n) => format!("held:{n} (awaiting moderation)"),
-                        TargetOutcome::Rejected(_) => "refused".to_string(),
-                        TargetOutcome::Discarded => "accepted".to_string(),
-                    })
-                    .collect();
-                Reply::new(250, format!("2.0.0 Ok: stored as {}", ids.join(", ")))
-            }
-            Err(e) if e.is_disk_full() => reply::storage_full(),
-            Err(StoreError::ShuttingDown) => Reply::new(421, "4.3.2 Service shutting down"),
+            Ok(outcomes) => Ok(outcomes),
+            Err(e) if e.is_disk_full() => Err(reply::storage_full()),
+            Err(StoreError::ShuttingDown) => Err(Reply::new(421, "4.3.2 Service shutting down")),
             Err(e) => {
                 tracing::error!(error = %e, "cannot store message");
-                reply::local_error()
+                Err(reply::local_error())
             }
         }
+    }
+}
+
+/// What one recipient's outcome is called in a reply.
+fn outcome_label(o: &TargetOutcome) -> String {
+    match o {
+        TargetOutcome::Archived(k) => format!("{k}"),
+        TargetOutcome::Duplicate(k) => format!("{k} (duplicate)"),
+        TargetOutcome::Inbox(n) => format!("inbox:{n}"),
+        TargetOutcome::Held(n) => format!("held:{n} (awaiting moderation)"),
+        TargetOutcome::Rejected(_) => "refused".to_string(),
+        TargetOutcome::Discarded => "accepted".to_string(),
+    }
+}
+
+/// SMTP has one reply for all recipients. A policy refusal is only reported when nothing
+/// else was accepted: the sending server then tells the author (no backscatter from us).
+fn smtp_reply(outcomes: &[TargetOutcome]) -> Reply {
+    let refused: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            TargetOutcome::Rejected(t) => Some(*t),
+            _ => None,
+        })
+        .collect();
+    if !refused.is_empty() && refused.len() == outcomes.len() {
+        return Reply::new(550, refused[0].to_string());
+    }
+    let ids: Vec<String> = outcomes.iter().map(outcome_label).collect();
+    Reply::new(250, format!("2.0.0 Ok: stored as {}", ids.join(", ")))
+}
+
+/// LMTP's reply for one recipient.
+fn lmtp_reply(o: &TargetOutcome) -> Reply {
+    match o {
+        TargetOutcome::Rejected(t) => Reply::new(550, t.to_string()),
+        o => Reply::new(250, format!("2.0.0 Ok: stored as {}", outcome_label(o))),
     }
 }
 
