@@ -1,7 +1,7 @@
 //! DMARC mitigation with real DNS lookups: a list with `dmarc = munge` rewrites From only
 //! for authors whose domain publishes `p=quarantine`/`p=reject` (directly, or through the
 //! organizational domain's `sp=`), and when the lookup fails; `p=none` and domains without
-//! a record keep their From. The name server is `tests/py/dns.py`, a real UDP DNS server.
+//! a record keep their From. The name server is `tests/py/dns_server.py`, a real UDP DNS server.
 
 use plenary_e2e::{send_from, workspace, Daemon, Relay};
 use std::io::{BufRead, BufReader};
@@ -25,24 +25,24 @@ fn start_dns(dir: &std::path::Path, zone: &str) -> Dns {
     let zone_path = dir.join("zone.json");
     std::fs::write(&zone_path, zone).unwrap_or_else(|e| panic!("zone: {e}"));
     let mut child = Command::new("/usr/bin/python3")
-        .arg(workspace().join("tests/py/dns.py"))
+        .arg(workspace().join("tests/py/dns_server.py"))
         .arg(&zone_path)
         .arg(dir.join("dns"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start dns.py: {e}"));
+        .unwrap_or_else(|e| panic!("cannot start dns_server.py: {e}"));
     let mut line = String::new();
     let out = child.stdout.take().unwrap_or_else(|| panic!("dns stdout"));
     BufReader::new(out)
         .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("dns.py: {e}"));
+        .unwrap_or_else(|e| panic!("dns_server.py: {e}"));
     let port = line
         .trim()
         .rsplit(' ')
         .next()
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("dns.py did not start: {line:?}"));
+        .unwrap_or_else(|| panic!("dns_server.py did not start: {line:?}"));
     Dns { child, port }
 }
 

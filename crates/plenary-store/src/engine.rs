@@ -337,8 +337,20 @@ impl Store {
             }
             Some(json(&hits))
         })?;
-        // Now and then, drop keys whose newest hit is out of the window.
-        if now % 64 == 0 || tree.len() > 100_000 {
+        // Every quarter window, one caller drops the keys whose hits are all out of the
+        // window (so keys of one-off client IPs do not pile up).
+        let swept = &self.inner.rate_swept;
+        let last = swept.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= (window / 4).max(1)
+            && swept
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
             for kv in tree.iter() {
                 let (k, v) = kv?;
                 let hits: Vec<i64> = serde_json::from_slice(&v).unwrap_or_default();

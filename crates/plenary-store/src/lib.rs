@@ -163,6 +163,8 @@ struct Inner {
     index_notify: Arc<tokio::sync::Notify>,
     /// Signalled after commits that created delivery jobs, held posts or inbox mail.
     work_notify: Arc<tokio::sync::Notify>,
+    /// When the rate-limit tree was last swept of expired keys (unix seconds).
+    rate_swept: std::sync::atomic::AtomicI64,
 }
 
 /// A handle on the store; clone it freely.
@@ -256,6 +258,7 @@ impl Store {
                 committer,
                 index_notify,
                 work_notify,
+                rate_swept: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }

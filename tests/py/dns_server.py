@@ -1,6 +1,9 @@
 """A tiny authoritative DNS server for end-to-end tests (UDP, stdlib only).
 
-    dns.py ZONE.json OUT_DIR
+    dns_server.py ZONE.json OUT_DIR
+
+(Not named dns.py: that would shadow dnspython, which dkimpy imports, for every script in
+this directory.)
 
 ZONE.json maps lower-case names (no trailing dot) to a list of TXT records (a record is
 a string, or a list of strings for a record of several character-strings), or to the
