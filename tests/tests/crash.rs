@@ -107,11 +107,18 @@ fn every_acknowledged_message_survives_kill_9() {
     // ...and searchable by its own token once the index has caught up.
     let stored = d.count(LIST);
     let all = d.wait_search("crashword", stored);
-    assert_eq!(
-        all["total"].as_u64(),
-        Some(stored),
-        "index must cover the whole store: {all}"
-    );
+    if all["total"].as_u64() != Some(stored) {
+        let log = d.log_text();
+        let notes: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("quarantine") || l.contains("ERROR") || l.contains("index"))
+            .collect();
+        panic!(
+            "index must cover the whole store: {} of {stored} searchable; daemon log lines about indexing:\n{}",
+            all["total"],
+            notes.join("\n")
+        );
+    }
     let mut unsearchable = Vec::new();
     for (id, token) in &acked {
         let v = d.api(&format!("/api/v1/search?q={token}"));

@@ -34,19 +34,12 @@ impl Default for IndexerSettings {
     }
 }
 
-/// Attempts after which a message is no longer indexed (see [`Indexer::step`]).
-const MAX_ATTEMPTS: u8 = 4;
+/// A queue counter at this value means "crashed twice while parsed alone": quarantined
+/// (see [`Indexer::step`]). 0 = new, 1 = was in a batch that did not finish, 2 = one crash.
+const QUARANTINE_AT: u8 = 3;
 
-/// Batch size for messages that were in a batch when the process died, by attempt count:
-/// the retries narrow down on the culprit (1,000, then 50, then one at a time).
-fn retry_batch(attempts: u8) -> usize {
-    match attempts {
-        0 => usize::MAX,
-        1 => 1000,
-        2 => 50,
-        _ => 1,
-    }
-}
+/// Suspects (messages of an unfinished batch) handled per step, each parsed on its own.
+const SUSPECT_BATCH: usize = 500;
 
 /// Drains the store's index queue into the search index.
 pub struct Indexer {
@@ -69,8 +62,20 @@ impl Indexer {
             settings,
             policies: HashMap::new(),
         };
+        ix.blame()?;
         ix.writer()?;
         Ok(ix)
+    }
+
+    /// If the process died (or a step panicked) while a message was being parsed on its
+    /// own, count that against the message.
+    fn blame(&mut self) -> Result<(), IndexError> {
+        if let Some(key) = self.store.index_parsing_mark()? {
+            let n = self.store.index_crashed(key)?;
+            tracing::warn!(%key, crashes = n.saturating_sub(1), "the indexer stopped while parsing this message");
+            self.store.index_parsing(None)?;
+        }
+        Ok(())
     }
 
     fn writer(&mut self) -> Result<&mut IndexWriter<TantivyDocument>, IndexError> {
@@ -112,83 +117,102 @@ impl Indexer {
 
     /// Index one batch from the queue. Returns how many messages it committed.
     ///
-    /// Crash-loop protection: before a batch is indexed its keys' attempt counters are
-    /// incremented and made durable. If the process dies during the batch, its keys come back
-    /// with attempts = 1 and are retried in smaller and smaller batches (1,000, 50, 1); a
-    /// message still there after [`MAX_ATTEMPTS`] attempts crashed us on its own and is
-    /// quarantined (kept in the store and readable, never parsed by the indexer again). A real
-    /// poison message thus stops the daemon at most four times; a process killed from outside
-    /// (which looks the same) would have to die in four successive batches holding the same
-    /// innocent message before it was wrongly quarantined, and `plenary index rebuild` clears
-    /// every quarantine.
+    /// Crash-loop protection. Before a batch of new messages is indexed their queue counters
+    /// go to 1, durably. If the process dies during the batch (or a parser panics), those
+    /// messages come back as suspects, and suspects are parsed one at a time, each under a
+    /// durable mark naming it. A mark found at the next start (or after a caught panic)
+    /// counts a crash against that one message; after two such crashes it is quarantined:
+    /// kept in the store and readable, never parsed by the indexer again (`plenary index
+    /// rebuild` clears quarantines). A real poison message so stops the daemon at most three
+    /// times (its batch, then twice alone). A kill from outside only counts against a
+    /// message if it lands while that message is being parsed alone (about a millisecond),
+    /// twice; being in unfinished batches any number of times never quarantines anything.
+    /// (Tokenising happens on tantivy's indexing thread after the mark is cleared; the
+    /// parsers that can overflow the stack, mail-parser's, run under the mark.)
     pub fn step(&mut self) -> Result<usize, IndexError> {
         let pending = self.store.index_pending(self.settings.max_batch)?;
         if pending.is_empty() {
             return Ok(0);
         }
-        // Retry the least-tried suspects first, in the batch size their attempt count allows.
-        let min_suspect = pending.iter().map(|(_, a)| *a).filter(|a| *a > 0).min();
-        let batch: Vec<(MessageKey, u8)> = match min_suspect {
-            Some(level) => pending
-                .into_iter()
-                .filter(|(_, a)| *a == level || *a >= MAX_ATTEMPTS)
-                .take(retry_batch(level))
-                .collect(),
-            None => pending,
-        };
-        let mut keys = Vec::with_capacity(batch.len());
-        for (key, attempts) in batch {
-            if attempts >= MAX_ATTEMPTS {
-                tracing::error!(%key, attempts, "message crashed the indexer before; quarantined from the search index");
-                self.store.index_quarantine(key)?;
-                continue;
+        let suspects: Vec<(MessageKey, u8)> = pending
+            .iter()
+            .filter(|(_, a)| *a > 0)
+            .take(SUSPECT_BATCH)
+            .copied()
+            .collect();
+        let alone = !suspects.is_empty();
+        let mut keys = Vec::new();
+        if alone {
+            for (key, crashes) in suspects {
+                if crashes >= QUARANTINE_AT {
+                    tracing::error!(%key, "message crashed the indexer twice; quarantined from the search index");
+                    self.store.index_quarantine(key)?;
+                    continue;
+                }
+                keys.push(key);
             }
-            keys.push(key);
+        } else {
+            keys = pending.into_iter().map(|(k, _)| k).collect();
+            self.store.index_attempt(&keys)?;
         }
         if keys.is_empty() {
             return Ok(0);
         }
-        self.store.index_attempt(&keys)?;
         let f = self.search.fields();
         for key in &keys {
             self.writer()?.delete_term(Term::from_field_u64(f.key, key.to_u64()));
-            let Some(stored) = self.store.message(*key)? else {
-                continue;
-            };
-            let Some((policy, lang)) = self.policy(key.list)? else {
-                continue;
-            };
-            let li = Fields::lang_index(lang);
-            let raw = self.store.raw(&stored)?;
-            let Some(public) = plenary_redact::redact(*key, &stored.meta, &raw, &policy) else {
-                continue;
-            };
-            let mut doc = TantivyDocument::default();
-            doc.add_u64(f.key, key.to_u64());
-            doc.add_u64(f.list, u64::from(key.list.0));
-            doc.add_i64(f.date, public.date());
-            doc.add_text(f.message_id, public.message_id());
-            doc.add_u64(f.lang, li as u64);
-            doc.add_text(f.subject[li], public.subject());
-            let from = match public.author_address() {
-                Some(a) if a != public.author() => format!("{} {}", public.author(), a),
-                _ => public.author().to_string(),
-            };
-            doc.add_text(f.from, &from);
-            doc.add_text(f.body[li], public.body());
-            for (name, value) in public.headers() {
-                if name == "To" || name == "Cc" {
-                    doc.add_text(f.to, value);
-                }
+            if alone {
+                self.store.index_parsing(Some(*key))?;
             }
-            for a in public.attachments() {
-                doc.add_text(f.attachment, a.name());
-            }
+            let Some(doc) = self.document(*key)? else {
+                continue;
+            };
             self.writer()?.add_document(doc)?;
+        }
+        if alone {
+            self.store.index_parsing(None)?;
         }
         self.writer()?.commit()?;
         self.store.index_done(&keys)?;
         Ok(keys.len())
+    }
+
+    /// The search document of one stored message (None: gone, or not public).
+    fn document(&mut self, key: MessageKey) -> Result<Option<TantivyDocument>, IndexError> {
+        let f = self.search.fields();
+        let Some(stored) = self.store.message(key)? else {
+            return Ok(None);
+        };
+        let Some((policy, lang)) = self.policy(key.list)? else {
+            return Ok(None);
+        };
+        let li = Fields::lang_index(lang);
+        let raw = self.store.raw(&stored)?;
+        let Some(public) = plenary_redact::redact(key, &stored.meta, &raw, &policy) else {
+            return Ok(None);
+        };
+        let mut doc = TantivyDocument::default();
+        doc.add_u64(f.key, key.to_u64());
+        doc.add_u64(f.list, u64::from(key.list.0));
+        doc.add_i64(f.date, public.date());
+        doc.add_text(f.message_id, public.message_id());
+        doc.add_u64(f.lang, li as u64);
+        doc.add_text(f.subject[li], public.subject());
+        let from = match public.author_address() {
+            Some(a) if a != public.author() => format!("{} {}", public.author(), a),
+            _ => public.author().to_string(),
+        };
+        doc.add_text(f.from, &from);
+        doc.add_text(f.body[li], public.body());
+        for (name, value) in public.headers() {
+            if name == "To" || name == "Cc" {
+                doc.add_text(f.to, value);
+            }
+        }
+        for a in public.attachments() {
+            doc.add_text(f.attachment, a.name());
+        }
+        Ok(Some(doc))
     }
 
     /// Delete every document (for a rebuild); the caller re-queues the store.
@@ -225,8 +249,13 @@ impl Indexer {
             last_work = Instant::now();
             // A panic in a step (a parser bug) must not end indexing: the attempt counters
             // already recorded make the next steps narrow down on the culprit.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()))
-                .unwrap_or_else(|_| Err(IndexError::Panicked));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step())).unwrap_or_else(|_| {
+                // A panic while a suspect was parsed alone counts like a crash.
+                if let Err(e) = self.blame() {
+                    tracing::warn!(error = %e, "cannot record the indexer panic");
+                }
+                Err(IndexError::Panicked)
+            });
             match r {
                 Ok(n) => {
                     if n > 0 {
@@ -357,12 +386,17 @@ mod tests {
             .expect("list");
         put(&store, list.id, "Message-ID: <p@x>\r\n\r\npoison\r\n").await;
         put(&store, list.id, "Message-ID: <q@x>\r\n\r\nfine\r\n").await;
-        // Simulate four crashes while indexing <p@x>: its attempt counter is already 4.
+        // <p@x> was in a batch when the process died, then the process died twice while
+        // parsing it alone (the durable mark names it at each start).
         let p = store.find(list.id, "p@x").expect("find").expect("present");
-        for _ in 0..4 {
-            store.index_attempt(&[p]).expect("attempt");
-        }
+        store.index_attempt(&[p]).expect("attempt");
         let (search, _) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
+        for _ in 0..2 {
+            store.index_parsing(Some(p)).expect("mark");
+            let ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
+            assert_eq!(store.index_parsing_mark().expect("mark"), None, "the mark is consumed");
+            drop(ix);
+        }
         let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
         assert_eq!(
             ix.step().expect("step"),
@@ -372,12 +406,16 @@ mod tests {
         assert_eq!(ix.step().expect("step"), 1, "the rest is indexed afterwards");
         assert_eq!(store.index_pending_len(), 0);
         assert_eq!(store.index_quarantined().expect("q"), vec![p]);
-        // A message that was in a batch when the process died is retried, not quarantined.
+        // A message that was in ten batches that never finished (the process killed from
+        // outside each time) is retried alone and indexed, not quarantined.
         put(&store, list.id, "Message-ID: <r@x>\r\n\r\nretry me\r\n").await;
         let r = store.find(list.id, "r@x").expect("find").expect("present");
-        store.index_attempt(&[r]).expect("attempt");
+        for _ in 0..10 {
+            store.index_attempt(&[r]).expect("attempt");
+        }
         assert_eq!(ix.step().expect("step"), 1);
         assert_eq!(store.index_quarantined().expect("q").len(), 1);
+        assert_eq!(store.index_parsing_mark().expect("mark"), None, "no mark left behind");
         // An explicit rebuild clears the quarantine and tries again.
         assert_eq!(store.index_requeue_all(true).expect("requeue"), 3);
         assert!(store.index_quarantined().expect("q").is_empty());

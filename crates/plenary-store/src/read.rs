@@ -279,18 +279,50 @@ impl Store {
         self.trees().index_queue.len()
     }
 
-    /// Record (durably) that indexing of these keys is being attempted, so a message that
-    /// crashes the indexer is recognised after the restart instead of crashing it again.
+    /// Record (durably) that these keys are in a batch being indexed: a key still queued
+    /// after a restart is then a suspect (counter at least 1), handled alone. Being in an
+    /// unfinished batch again does not raise the counter further; only
+    /// [`Store::index_crashed`] does.
     pub fn index_attempt(&self, keys_: &[MessageKey]) -> Result<(), StoreError> {
         let q = &self.trees().index_queue;
         for k in keys_ {
             let kb = k.to_bytes();
             if let Some(v) = q.get(kb)? {
-                let n = v.first().copied().unwrap_or(0).saturating_add(1);
-                q.insert(kb, &[n])?;
+                if v.first().copied().unwrap_or(0) == 0 {
+                    q.insert(kb, &[1u8])?;
+                }
             }
         }
         self.sync()
+    }
+
+    /// Mark (durably) that the indexer is parsing `key` on its own, or clear the mark. A
+    /// mark still there at start-up names the message the process died on.
+    pub fn index_parsing(&self, key: Option<MessageKey>) -> Result<(), StoreError> {
+        match key {
+            Some(k) => self.trees().meta.insert(PARSING, &k.to_bytes())?,
+            None => self.trees().meta.remove(PARSING)?,
+        };
+        self.sync()
+    }
+
+    /// The message the indexer was parsing alone when the process last died, if any.
+    pub fn index_parsing_mark(&self) -> Result<Option<MessageKey>, StoreError> {
+        Ok(self.trees().meta.get(PARSING)?.and_then(|v| MessageKey::from_bytes(&v)))
+    }
+
+    /// Count a crash while parsing `key` alone (durably); returns its new counter, which is
+    /// at least 2 (1 means only "was in a batch that did not finish").
+    pub fn index_crashed(&self, key: MessageKey) -> Result<u8, StoreError> {
+        let q = &self.trees().index_queue;
+        let kb = key.to_bytes();
+        let mut n = 0;
+        if let Some(v) = q.get(kb)? {
+            n = v.first().copied().unwrap_or(0).max(1).saturating_add(1);
+            q.insert(kb, &[n])?;
+        }
+        self.sync()?;
+        Ok(n)
     }
 
     /// Remove keys from the index queue after the index committed them.
@@ -363,6 +395,7 @@ impl Store {
 }
 
 const QUARANTINE: &[u8] = b"index_quarantine/";
+const PARSING: &[u8] = b"index_parsing";
 
 fn quarantine_key(key: MessageKey) -> Vec<u8> {
     let mut k = QUARANTINE.to_vec();
