@@ -107,7 +107,15 @@ fn full_disk_refuses_with_452_and_recovers() {
         match r {
             Some(r) if r.starts_with("250") => acked.push(i),
             Some(r) => {
-                assert!(r.starts_with("452 4.3.1"), "a full disk must give 452 4.3.1, got {r}");
+                assert!(
+                    r.starts_with("452 4.3.1"),
+                    "a full disk must give 452 4.3.1, got {r}; daemon log warnings and errors:\n{}",
+                    d.log_text()
+                        .lines()
+                        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
                 refused = Some(r);
                 break;
             }

@@ -41,6 +41,12 @@ const QUARANTINE_AT: u8 = 3;
 /// Suspects (messages of an unfinished batch) handled per step, each parsed on its own.
 const SUSPECT_BATCH: usize = 500;
 
+/// The indexer stops writing (to sled and to tantivy) while less than the store's reserve
+/// plus twice this is free. The index is a projection: near a full disk, the room left is
+/// for the messages themselves, and an ENOSPC met by the indexer's own durable writes would
+/// fail-stop the store before SMTP could answer 452.
+const INDEX_HEADROOM: u64 = 4 << 20;
+
 /// Drains the store's index queue into the search index.
 pub struct Indexer {
     store: Store,
@@ -134,6 +140,7 @@ impl Indexer {
         if pending.is_empty() {
             return Ok(0);
         }
+        self.store.check_space(INDEX_HEADROOM)?;
         let suspects: Vec<(MessageKey, u8)> = pending
             .iter()
             .filter(|(_, a)| *a > 0)

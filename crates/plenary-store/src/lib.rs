@@ -73,11 +73,18 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::DiskFull { .. } => true,
-            StoreError::Io { source, .. } => source.raw_os_error() == Some(28),
-            StoreError::Sled(sled::Error::Io(e)) => e.raw_os_error() == Some(28),
+            StoreError::Io { source, .. } => is_enospc(source),
+            StoreError::Sled(sled::Error::Io(e)) => is_enospc(e),
             _ => false,
         }
     }
+}
+
+/// ENOSPC, also as sled passes it on: once its background flusher has hit it, sled hands
+/// every later caller a copy of the error that keeps the kind (`StorageFull`) but not the
+/// OS error number.
+fn is_enospc(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// How the store is opened.

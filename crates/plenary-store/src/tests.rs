@@ -180,3 +180,18 @@ async fn readers_for_the_views() {
     let s = store.site_secret().expect("secret");
     assert_eq!(store.site_secret().expect("secret"), s, "stable");
 }
+
+#[test]
+fn disk_full_is_recognised_in_sleds_sticky_copy_of_the_error() {
+    let os = std::io::Error::from_raw_os_error(28);
+    assert!(StoreError::Sled(sled::Error::Io(os)).is_disk_full());
+    // After its background flusher hit ENOSPC, sled hands out clones of the error: the kind
+    // survives, the OS error number does not.
+    let sticky = sled::Error::Io(std::io::Error::from_raw_os_error(28)).clone();
+    let sled::Error::Io(inner) = &sticky else {
+        panic!("an I/O error stays an I/O error");
+    };
+    assert_eq!(inner.raw_os_error(), None, "sled's clone drops the errno");
+    assert!(StoreError::Sled(sticky).is_disk_full());
+    assert!(!StoreError::Sled(sled::Error::Io(std::io::Error::other("broken pipe"))).is_disk_full());
+}
