@@ -279,6 +279,10 @@ part_ingest() {
     if [ "$v" = index-deferred ]; then write_config "$dir" "commit_delay_ms = 60000"; else write_config "$dir"; fi
     cmdlog "$PLENARY --config $dir/plenary.toml list create $LIST"
     "$PLENARY" --config "$dir/plenary.toml" list create "$LIST" >/dev/null
+    # An open list with no members: every post is archived, indexed and becomes a delivery
+    # job with nobody to deliver to (the default, members-only with hold, would hold them all).
+    cmdlog "$PLENARY --config $dir/plenary.toml list set $LIST posting=open"
+    "$PLENARY" --config "$dir/plenary.toml" list set "$LIST" posting=open >/dev/null
     cmdlog "$PLENARY --config $dir/plenary.toml serve"
     start_daemon "$dir"
     cmdlog "python3 bench/procstat.py threads <plenary pid>   # per-thread utime+stime before/after the load; procstat.py mem after it"

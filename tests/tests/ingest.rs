@@ -360,3 +360,29 @@ fn bad_config_names_every_bad_key() {
         .expect("run");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
+
+/// A post to an open list with no members is archived and its delivery job goes away
+/// without planning or sending anything (the ingest benchmark's case).
+#[test]
+fn posts_to_a_list_without_members_leave_no_delivery_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    for i in 0..20 {
+        let r = send_raw(
+            d.smtp,
+            LIST,
+            &format!("Message-ID: <nomembers-{i}@example.org>\r\nSubject: n {i}\r\n\r\nbody\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert_eq!(d.count(LIST), 20);
+    let mut q = String::new();
+    for _ in 0..100 {
+        q = d.cli_ok(&["queue"]);
+        if q.starts_with("0 jobs") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(q.starts_with("0 jobs (0 walking), 0 deliveries"), "{q}");
+}

@@ -559,6 +559,17 @@ impl Worker {
         mut job: FanoutJob,
         plans: &mut HashMap<u64, Arc<JobPlan>>,
     ) -> Result<usize, FanoutError> {
+        // A post to a list nobody receives (no members at all): nothing to plan or send.
+        // Removing the job need not be durable: if the removal is lost in a crash, the job
+        // comes back, finds nobody again and goes.
+        if matches!(job.what, JobKind::Post { .. } | JobKind::Digest { .. })
+            && job.cursor.is_none()
+            && !plans.contains_key(&job.id)
+            && self.store.members_after(job.list, None, 1)?.is_empty()
+        {
+            self.store.apply_with(vec![Write::RemoveJob(job.id)], false)?;
+            return Ok(0);
+        }
         let plan = match plans.get(&job.id) {
             Some(p) => p.clone(),
             None => match self.plan(&job).await? {
@@ -579,21 +590,22 @@ impl Worker {
         };
         if job.walked {
             if !self.store.job_has_retries(job.id) {
-                let mut w = vec![Write::RemoveJob(job.id)];
-                if let JobKind::Forward { blob, chunks, .. } = job.what {
-                    w.push(Write::RemoveBlob(blob, chunks));
-                }
-                self.store.apply(w)?;
-                plans.remove(&job.id);
-                tracing::info!(job = job.id, delivered = job.delivered, "delivery job done");
+                self.finish(job, plans)?;
             }
             return Ok(0);
         }
         let Next { rcpts, cursor } = self.next_recipients(&job, &plan)?;
         if rcpts.is_empty() {
             if cursor == job.cursor {
-                job.walked = true;
-                self.store.apply(vec![Write::PutJob(job)])?;
+                // The walk is over. Every cursor step before this was saved durably, so
+                // neither marking the job walked nor removing it needs its own fsync: lost
+                // in a crash, the job walks past the end again and finds nobody.
+                if self.store.job_has_retries(job.id) {
+                    job.walked = true;
+                    self.store.apply_with(vec![Write::PutJob(job)], false)?;
+                } else {
+                    self.finish(job, plans)?;
+                }
             } else {
                 // Only members who take no copy in this stretch: move the cursor on.
                 job.cursor = cursor;
@@ -610,6 +622,19 @@ impl Worker {
         self.store.apply(writes)?;
         self.pace(n, started).await;
         Ok(n)
+    }
+
+    /// Remove a job that was walked to its end and has no retries left (see `step_job` for
+    /// why this write is not made durable on its own).
+    fn finish(&self, job: FanoutJob, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<(), FanoutError> {
+        let mut w = vec![Write::RemoveJob(job.id)];
+        if let JobKind::Forward { blob, chunks, .. } = job.what {
+            w.push(Write::RemoveBlob(blob, chunks));
+        }
+        self.store.apply_with(w, false)?;
+        plans.remove(&job.id);
+        tracing::info!(job = job.id, delivered = job.delivered, "delivery job done");
+        Ok(())
     }
 
     async fn pace(&self, n: usize, started: Instant) {
