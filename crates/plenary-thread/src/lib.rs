@@ -118,12 +118,27 @@ struct View {
 /// The threads of one list.
 #[derive(Debug, Default)]
 pub struct Threads {
-    ids: HashMap<Box<str>, u32>,
+    /// Message-ID (as its [`key`]) → node.
+    ids: HashMap<u128, u32>,
     nodes: Vec<Node>,
     by_seq: HashMap<u64, u32>,
-    subjects: HashMap<Box<str>, u32>,
+    /// Base subject (as its [`key`]) → subject number.
+    subjects: HashMap<u128, u32>,
     last_seq: u64,
     view: Option<View>,
+}
+
+/// The 128-bit key a Message-ID or base subject is kept under: the first half of its
+/// SHA-256. Only lookups need the strings, and a list's worth of them (every Message-ID,
+/// including referenced ones not in the archive) as separate heap strings was most of the
+/// views' memory; a chance collision is about 2^-100 for a million messages, and a crafted
+/// one needs a SHA-256 second preimage.
+fn key(s: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
 }
 
 /// Reply and forward markers (lower case, without the colon) stripped from subjects, in the
@@ -223,11 +238,12 @@ impl Threads {
     }
 
     fn node_for(&mut self, id: &str) -> u32 {
-        if let Some(&n) = self.ids.get(id) {
+        let k = key(id);
+        if let Some(&n) = self.ids.get(&k) {
             return n;
         }
         let n = self.push_node();
-        self.ids.insert(id.into(), n);
+        self.ids.insert(k, n);
         n
     }
 
@@ -280,14 +296,14 @@ impl Threads {
         }
         self.view = None;
         self.last_seq = self.last_seq.max(seq);
-        let node = match self.ids.get(meta.message_id.as_str()) {
+        let node = match self.ids.get(&key(&meta.message_id)) {
             Some(&n) if self.nodes[n as usize].msg.is_none() => n,
             Some(_) => self.push_node(),
             None => self.node_for(&meta.message_id),
         };
         let (base, reply) = base_subject(&meta.subject);
         let next = self.subjects.len() as u32;
-        let subject = *self.subjects.entry(base.into_boxed_str()).or_insert(next);
+        let subject = *self.subjects.entry(key(&base)).or_insert(next);
         let headerless = meta.references.is_empty() && meta.in_reply_to.is_empty();
         self.nodes[node as usize].msg = Some(Msg {
             seq,
