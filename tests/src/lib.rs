@@ -59,6 +59,7 @@ impl Daemon {
     /// Start a daemon whose data lives under `root`. `extra` is appended to the config file
     /// (whole sections: `[smtp]` keys are merged by writing the section once, see below).
     pub fn start(root: &Path, smtp_extra: &str, other: &str) -> Daemon {
+        std::fs::create_dir_all(root).unwrap_or_else(|e| panic!("{}: {e}", root.display()));
         let config = root.join("plenary.toml");
         let data = root.join("data");
         let per_ip = if smtp_extra.contains("max_connections_per_ip") {
@@ -457,6 +458,44 @@ pub fn send_raw(addr: SocketAddr, to: &str, msg: &str) -> String {
     send_from(addr, "sender@test.example", to, msg)
 }
 
+/// Start `tests/py/SCRIPT ARGS...` with `/usr/bin/python3`: a test server that prints one
+/// line ending in the port it listens on once it is ready. Returns the child and the port.
+pub fn python_server(script: &str, args: &[&str]) -> (Child, u16) {
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(workspace().join("tests/py").join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("{script}: no stdout"));
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    let port = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{script} did not start: {line:?}"));
+    (child, port)
+}
+
+/// Run the `openssl` command line tool; panics with its stderr on failure, returns stdout.
+pub fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// One transaction captured by `tests/py/relay.py`.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Captured {
@@ -517,26 +556,11 @@ impl Relay {
     /// Start with relay.py options, e.g. `["--starttls", CERT, KEY, "--auth", "u:p"]`.
     pub fn start_with(dir: &Path, port: u16, options: &[&str]) -> Relay {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("relay dir: {e}"));
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(workspace().join("tests/py/relay.py"))
-            .arg(dir)
-            .arg(port.to_string())
-            .args(options)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the capture relay: {e}"));
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("relay stdout"));
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("relay: {e}"));
-        let port = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("relay did not start: {line:?}"));
+        let dir_arg = dir.display().to_string();
+        let port_arg = port.to_string();
+        let mut args = vec![dir_arg.as_str(), port_arg.as_str()];
+        args.extend_from_slice(options);
+        let (child, port) = python_server("relay.py", &args);
         Relay {
             child,
             dir: dir.to_path_buf(),

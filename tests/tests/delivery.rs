@@ -2,7 +2,7 @@
 //! which treats a bare LF as a line end like the relays SMTP smuggling abuses), and an
 //! independent DKIM verifier (dkimpy).
 
-use plenary_e2e::{http_get_full, http_post, send_from, Captured, Daemon, Relay};
+use plenary_e2e::{http_get_full, http_post, openssl, send_from, Captured, Daemon, Relay};
 use std::process::Command;
 
 const LIST: &str = "gov@lists.example.org";
@@ -13,19 +13,6 @@ struct Env {
     relay: Relay,
     pubkey: String,
     ed_pubkey: String,
-}
-
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl: {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 fn b64(b: &[u8]) -> String {

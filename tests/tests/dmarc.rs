@@ -3,12 +3,12 @@
 //! organizational domain's `sp=`), and when the lookup fails; `p=none` and domains without
 //! a record keep their From. The name server is `tests/py/dns_server.py`, a real UDP DNS server.
 
-use plenary_e2e::{send_from, workspace, Daemon, Relay};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use plenary_e2e::{python_server, send_from, Daemon, Relay};
+use std::process::Child;
 
 const LIST: &str = "dmarc@lists.example.org";
 
+/// `tests/py/dns_server.py` on a free port, stopped when dropped.
 struct Dns {
     child: Child,
     port: u16,
@@ -24,25 +24,8 @@ impl Drop for Dns {
 fn start_dns(dir: &std::path::Path, zone: &str) -> Dns {
     let zone_path = dir.join("zone.json");
     std::fs::write(&zone_path, zone).unwrap_or_else(|e| panic!("zone: {e}"));
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(workspace().join("tests/py/dns_server.py"))
-        .arg(&zone_path)
-        .arg(dir.join("dns"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start dns_server.py: {e}"));
-    let mut line = String::new();
-    let out = child.stdout.take().unwrap_or_else(|| panic!("dns stdout"));
-    BufReader::new(out)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("dns_server.py: {e}"));
-    let port = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("dns_server.py did not start: {line:?}"));
+    let out = dir.join("dns");
+    let (child, port) = python_server("dns_server.py", &[&zone_path.to_string_lossy(), &out.to_string_lossy()]);
     Dns { child, port }
 }
 
@@ -70,7 +53,7 @@ fn from_is_munged_exactly_for_strict_dmarc_domains() {
         ),
     );
     d.create_list(LIST);
-    d.cli_ok(&["list", "set", LIST, "posting=open", "dmarc=munge", "subject_prefix=[d]"]);
+    d.cli_ok(&["list", "set", LIST, "dmarc=munge", "subject_prefix=[d]"]);
     d.cli_stdin(&["member", "add", LIST, "-"], "reader@example.net\n");
 
     // (author, munged?)
