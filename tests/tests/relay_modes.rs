@@ -238,8 +238,10 @@ fn a_recipient_deferred_past_give_up_counts_as_bounced() {
         answers.len() >= 3 && answers.iter().all(|&c| c == 451),
         "bo was tried several times and always deferred: {answers:?}"
     );
+    // The queue keeps whole seconds: the first failure stamped at second T can be at T.99,
+    // so the give-up can come up to a second before 4 s of wall time.
     assert!(
-        waited >= Duration::from_secs(4),
+        waited >= Duration::from_secs(3),
         "no give-up before give_up_secs: {waited:?}"
     );
     for ok in ["ana@example.net", "chen@example.com"] {
