@@ -326,6 +326,7 @@ fn commit_batch(
         Batch::default(),
     );
     let mut month_delta: HashMap<[u8; 8], u64> = HashMap::new();
+    let mut thread_log = crate::threadlog::Pending::default();
     let mut seen: HashMap<(ListId, String), MessageKey> = HashMap::new();
     let mut all = Vec::with_capacity(jobs.len());
     let mut queued_for_index = false;
@@ -445,6 +446,9 @@ fn commit_batch(
                     messages.insert(&key.to_bytes(), json(&stored));
                     msgid.insert(mkey, &key.seq.to_be_bytes());
                     seen.insert((target.list, id.clone()), key);
+                    if let Some(e) = plenary_thread::Entry::from_meta(key.seq, &req.meta) {
+                        thread_log.add(key, &e);
+                    }
                     if !req.meta.no_archive {
                         by_date.insert(&keys::by_date(key, req.meta.date), &[]);
                         let mut parents: Vec<&str> = req.meta.parents().collect();
@@ -505,9 +509,14 @@ fn commit_batch(
         let cur = t.months.get(k)?.and_then(|v| keys::be_u64(&v)).unwrap_or(0);
         months.insert(&k, &(cur + delta).to_be_bytes());
     }
+    let thread_log = thread_log.into_batch(&t.thread_log)?;
 
+    // Trees commit in this order, and readers outside the transaction can see one tree's
+    // writes before the next one's: the thread log goes before `messages`, so a message
+    // that is visible always has its entry (the thread views rely on it).
     let r: Result<(), TransactionError<()>> = (
         &t.blobs,
+        &t.thread_log,
         &t.messages,
         &t.msgid,
         &t.by_date,
@@ -519,11 +528,12 @@ fn commit_batch(
         &t.fanout,
         &t.digest,
     )
-        .transaction(|(tb, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg)| {
+        .transaction(|(tb, tt, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg)| {
             th.apply_batch(&held)?;
             tf.apply_batch(&fanout)?;
             tdg.apply_batch(&digest)?;
             tb.apply_batch(&blobs)?;
+            tt.apply_batch(&thread_log)?;
             tm.apply_batch(&messages)?;
             ti.apply_batch(&msgid)?;
             td.apply_batch(&by_date)?;

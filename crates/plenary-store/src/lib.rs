@@ -23,6 +23,7 @@ mod engine;
 mod keys;
 mod read;
 pub mod records;
+mod threadlog;
 
 pub use commit::{IngestRequest, IngestTarget, PostHandling, TargetOutcome};
 pub use engine::Write;
@@ -37,6 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Largest value we write for a piece of a raw message (well under sled's blob threshold).
+pub use threadlog::THREAD_CHUNK;
+
 pub const CHUNK_SIZE: usize = 32 * 1024;
 
 /// Schema version written at creation; a mismatch refuses to open.
@@ -130,6 +133,10 @@ pub(crate) struct Trees {
     pub children: sled::Tree,
     /// List id (4) + year-month (4) → count (8): the month index of a list.
     pub months: sled::Tree,
+    /// List id (4) + seq / [`THREAD_CHUNK`] (8) → the [`plenary_thread::Entry`]s of that
+    /// run of archived messages, in seq order: what the thread views are built from, packed
+    /// so that reading a list's worth keeps little of sled's pages in memory.
+    pub thread_log: sled::Tree,
     /// Global sequence (8) → [`InboxEntry`]: mail for command and owner addresses, kept for
     /// the list engine.
     pub inbox: sled::Tree,
@@ -213,6 +220,7 @@ impl Store {
             by_date: t("by_date")?,
             children: t("children")?,
             months: t("months")?,
+            thread_log: t("thread_log")?,
             inbox: t("inbox")?,
             index_queue: t("index_queue")?,
             meta: t("meta")?,
@@ -238,6 +246,7 @@ impl Store {
                 }
             }
         }
+        threadlog::backfill(&db, &trees)?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
         let failed = Arc::new(AtomicBool::new(false));

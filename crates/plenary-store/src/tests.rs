@@ -195,3 +195,60 @@ fn disk_full_is_recognised_in_sleds_sticky_copy_of_the_error() {
     assert!(StoreError::Sled(sticky).is_disk_full());
     assert!(!StoreError::Sled(sled::Error::Io(std::io::Error::other("broken pipe"))).is_disk_full());
 }
+
+#[tokio::test]
+async fn thread_log_holds_every_archived_post_and_is_built_for_older_stores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = ListAddress::parse("t@x.org").expect("addr");
+    let n = THREAD_CHUNK * 2 + 5;
+    let expected: Vec<plenary_thread::Entry>;
+    let list;
+    {
+        let store = Store::open(settings(dir.path())).expect("open");
+        list = store.create_list(&addr, "T", "").expect("create").id;
+        for i in 1..=n {
+            // Every tenth post asks not to be archived: it is stored but has no entry.
+            let hide = if i % 10 == 0 { "X-No-Archive: yes\r\n" } else { "" };
+            let raw = format!(
+                "Message-ID: <m{i}@x>\r\nIn-Reply-To: <m{}@x>\r\nSubject: Re: s\r\n{hide}Date: 1 Jul 2025 10:00:00 +0000\r\n\r\nb\r\n",
+                i - 1
+            );
+            store
+                .ingest(req(list, raw.as_bytes(), RecipientKind::Post))
+                .await
+                .expect("ingest");
+        }
+        let all = store.thread_entries(list, 0, n).expect("entries");
+        let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        let want: Vec<u64> = (1..=n).filter(|i| i % 10 != 0).collect();
+        assert_eq!(seqs, want, "archived posts only, in order, across chunk boundaries");
+        for e in &all {
+            let m = store
+                .message(MessageKey { list, seq: e.seq })
+                .expect("read")
+                .expect("stored");
+            assert_eq!(plenary_thread::Entry::from_meta(e.seq, &m.meta).as_ref(), Some(e));
+        }
+        let window: Vec<u64> = store
+            .thread_entries(list, THREAD_CHUNK - 2, THREAD_CHUNK + 3)
+            .expect("entries")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        let want: Vec<u64> = (THREAD_CHUNK - 1..=THREAD_CHUNK + 3).filter(|i| i % 10 != 0).collect();
+        assert_eq!(window, want, "a window across a chunk boundary");
+        assert!(want.len() >= 4 && want.len() < 5, "the window holds a hidden post");
+        assert!(store.thread_entries(list, 5, 5).expect("empty").is_empty());
+        expected = all;
+        // Make it look like a store from before the log: no flag, no entries.
+        store.trees().meta.remove(b"thread_log").expect("unflag");
+        store.trees().thread_log.clear().expect("clear");
+        store.close().expect("close");
+    }
+    let store = Store::open(settings(dir.path())).expect("reopen");
+    assert_eq!(
+        store.thread_entries(list, 0, n).expect("entries"),
+        expected,
+        "rebuilt on open"
+    );
+}

@@ -33,6 +33,9 @@
 use plenary_core::MessageMeta;
 use std::collections::HashMap;
 
+mod entry;
+pub use entry::{author_id, DecodeError, Entry, MAX_REFS};
+
 const NONE: u32 = u32::MAX;
 /// Bound on parent-chain walks. Links never form loops; this only caps absurd depths.
 const MAX_DEPTH: usize = 100_000;
@@ -59,7 +62,10 @@ struct Node {
     parent: u32,
     /// The parent came from another message's References, not from this one's headers.
     guessed: bool,
-    children: Vec<u32>,
+    /// Children as an intrusive list (first child, then each child's next sibling): no
+    /// allocation per node. Their order carries no meaning; readers sort them.
+    first_child: u32,
+    next_sibling: u32,
 }
 
 /// What the list views show of a thread.
@@ -118,12 +124,12 @@ struct View {
 /// The threads of one list.
 #[derive(Debug, Default)]
 pub struct Threads {
-    /// Message-ID (as its [`key`]) → node.
-    ids: HashMap<u128, u32>,
+    /// Message-ID (the upper half of its [`key`], see [`short`]) → node.
+    ids: HashMap<u64, u32>,
     nodes: Vec<Node>,
     by_seq: HashMap<u64, u32>,
-    /// Base subject (as its [`key`]) → subject number.
-    subjects: HashMap<u128, u32>,
+    /// Base subject (the upper half of its [`key`]) → subject number.
+    subjects: HashMap<u64, u32>,
     last_seq: u64,
     view: Option<View>,
 }
@@ -139,6 +145,14 @@ fn key(s: &str) -> u128 {
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
     u128::from_be_bytes(b)
+}
+
+/// What the in-memory tables key by: the upper 64 bits of a stored 128-bit key, which halves
+/// the largest table. A chance collision among a million Message-IDs is about 3·10^-8; one
+/// made on purpose needs a 64-bit preimage to touch anyone else's message (two colliding
+/// IDs of one's own only move one's own mail).
+fn short(k: u128) -> u64 {
+    (k >> 64) as u64
 }
 
 /// Reply and forward markers (lower case, without the colon) stripped from subjects, in the
@@ -228,6 +242,14 @@ impl Threads {
         self.last_seq
     }
 
+    /// Give back the spare capacity the tables grew with (after a bulk load).
+    pub fn shrink_to_fit(&mut self) {
+        self.ids.shrink_to_fit();
+        self.nodes.shrink_to_fit();
+        self.by_seq.shrink_to_fit();
+        self.subjects.shrink_to_fit();
+    }
+
     /// Number of messages threaded.
     pub fn len(&self) -> usize {
         self.by_seq.len()
@@ -237,8 +259,8 @@ impl Threads {
         self.by_seq.is_empty()
     }
 
-    fn node_for(&mut self, id: &str) -> u32 {
-        let k = key(id);
+    fn node_for(&mut self, k: u128) -> u32 {
+        let k = short(k);
         if let Some(&n) = self.ids.get(&k) {
             return n;
         }
@@ -253,7 +275,8 @@ impl Threads {
             msg: None,
             parent: NONE,
             guessed: false,
-            children: Vec::new(),
+            first_child: NONE,
+            next_sibling: NONE,
         });
         n
     }
@@ -276,7 +299,21 @@ impl Threads {
     fn unlink(&mut self, child: u32) {
         let p = self.nodes[child as usize].parent;
         if p != NONE {
-            self.nodes[p as usize].children.retain(|&c| c != child);
+            let next = self.nodes[child as usize].next_sibling;
+            if self.nodes[p as usize].first_child == child {
+                self.nodes[p as usize].first_child = next;
+            } else {
+                let mut c = self.nodes[p as usize].first_child;
+                while c != NONE {
+                    let n = self.nodes[c as usize].next_sibling;
+                    if n == child {
+                        self.nodes[c as usize].next_sibling = next;
+                        break;
+                    }
+                    c = n;
+                }
+            }
+            self.nodes[child as usize].next_sibling = NONE;
             self.nodes[child as usize].parent = NONE;
         }
     }
@@ -284,52 +321,52 @@ impl Threads {
     fn link(&mut self, parent: u32, child: u32, guessed: bool) {
         self.nodes[child as usize].parent = parent;
         self.nodes[child as usize].guessed = guessed;
-        self.nodes[parent as usize].children.push(child);
+        self.nodes[child as usize].next_sibling = self.nodes[parent as usize].first_child;
+        self.nodes[parent as usize].first_child = child;
     }
 
     /// Add an archived message. `author` is the caller's key for its sender (used only to
     /// count participants and to list by author). Messages not meant for the archive and
     /// sequence numbers already seen are ignored.
     pub fn add(&mut self, seq: u64, meta: &MessageMeta, author: u64) {
-        if meta.no_archive || self.by_seq.contains_key(&seq) {
+        if let Some(mut e) = Entry::from_meta(seq, meta) {
+            e.author = author;
+            self.add_entry(&e);
+        }
+    }
+
+    /// Add an archived message from its compact [`Entry`] (`entry.author` is taken as the
+    /// caller's key, as in [`Threads::add`]). Sequence numbers already seen are ignored.
+    pub fn add_entry(&mut self, e: &Entry) {
+        if self.by_seq.contains_key(&e.seq) {
             return;
         }
+        let seq = e.seq;
         self.view = None;
         self.last_seq = self.last_seq.max(seq);
-        let node = match self.ids.get(&key(&meta.message_id)) {
+        let node = match self.ids.get(&short(e.id)) {
             Some(&n) if self.nodes[n as usize].msg.is_none() => n,
             Some(_) => self.push_node(),
-            None => self.node_for(&meta.message_id),
+            None => self.node_for(e.id),
         };
-        let (base, reply) = base_subject(&meta.subject);
         let next = self.subjects.len() as u32;
-        let subject = *self.subjects.entry(key(&base)).or_insert(next);
-        let headerless = meta.references.is_empty() && meta.in_reply_to.is_empty();
+        let subject = *self.subjects.entry(short(e.subject)).or_insert(next);
+        let headerless = e.headerless;
         self.nodes[node as usize].msg = Some(Msg {
             seq,
-            date: meta.date,
+            date: e.date,
             subject,
-            reply,
+            reply: e.reply,
             headerless,
-            author,
+            author: e.author,
         });
         self.by_seq.insert(seq, node);
 
         // The ancestry comes from References; the direct parent is In-Reply-To when there is
         // one (clients that mangle References usually get In-Reply-To right), else the last
-        // reference.
-        let irt = meta
-            .in_reply_to
-            .first()
-            .map(String::as_str)
-            .filter(|i| *i != meta.message_id);
-        let mut chain: Vec<&str> = meta
-            .references
-            .iter()
-            .map(String::as_str)
-            .filter(|r| *r != meta.message_id && Some(*r) != irt)
-            .collect();
-        chain.extend(irt);
+        // reference. (The entry's references already leave out the message and its
+        // In-Reply-To.)
+        let chain = e.refs.iter().copied().chain(e.irt);
         // This message's own headers are definitive: drop a parent guessed from others'
         // References (a message without any such headers keeps the guess: it is all we know).
         if !headerless {
@@ -535,14 +572,26 @@ impl Threads {
             }
             match &self.nodes[x as usize].msg {
                 Some(m) => best = best.min(m.date),
-                None => stack.extend(self.nodes[x as usize].children.iter().copied()),
+                None => stack.extend(self.children(x)),
             }
         }
         best
     }
 
+    fn children(&self, n: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut c = self.nodes[n as usize].first_child;
+        std::iter::from_fn(move || {
+            if c == NONE {
+                return None;
+            }
+            let this = c;
+            c = self.nodes[c as usize].next_sibling;
+            Some(this)
+        })
+    }
+
     fn sorted_children(&self, n: u32) -> Vec<u32> {
-        let mut kids = self.nodes[n as usize].children.clone();
+        let mut kids: Vec<u32> = self.children(n).collect();
         kids.sort_by_cached_key(|&k| (self.subtree_date(k), k));
         kids
     }

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Messages read from the store per catch-up step.
-const CATCH_UP_BATCH: usize = 5_000;
+/// Sequence numbers read from the store's thread log per catch-up step.
+const CATCH_UP_BATCH: u64 = 8_192;
 
 struct ListThreads {
     threads: Threads,
@@ -48,17 +48,16 @@ impl ThreadCache {
     }
 
     /// The key that groups a sender's messages on the author pages: a keyed hash of the
-    /// address (or of the name when there is none), so the URL reveals nothing checkable.
+    /// sender's [`plenary_thread::author_id`] (the address, or the name when there is none),
+    /// so the URL reveals nothing checkable.
     pub fn author_key(&self, meta: &MessageMeta) -> u64 {
-        let who = meta
-            .from_addr
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .or_else(|| meta.from_name.clone())
-            .unwrap_or_default();
+        self.keyed_author(plenary_thread::author_id(meta))
+    }
+
+    fn keyed_author(&self, id: u64) -> u64 {
         let mut h = Sha256::new();
         h.update(self.secret);
-        h.update(who.as_bytes());
+        h.update(id.to_be_bytes());
         let d = h.finalize();
         let mut b = [0u8; 8];
         b.copy_from_slice(&d[..8]);
@@ -85,17 +84,16 @@ impl ThreadCache {
         let mut lt = entry
             .lock()
             .map_err(|_| WebError::Internal("thread cache poisoned".into()))?;
+        // Every message up to `last` has its thread entry by now: the store writes the entry
+        // before the message record becomes visible.
         let last = self.store.last_seq(list)?;
         while lt.scanned < last {
-            let batch = self.store.messages_after(list, lt.scanned, CATCH_UP_BATCH)?;
-            let Some(end) = batch.last().map(|m| m.key.seq) else {
-                break;
-            };
-            for m in &batch {
-                let author = self.author_key(&m.meta);
-                lt.threads.add(m.key.seq, &m.meta, author);
+            let upto = last.min(lt.scanned.saturating_add(CATCH_UP_BATCH));
+            for mut e in self.store.thread_entries(list, lt.scanned, upto)? {
+                e.author = self.keyed_author(e.author);
+                lt.threads.add_entry(&e);
             }
-            lt.scanned = end;
+            lt.scanned = upto;
         }
         Ok(f(&mut lt.threads))
     }
@@ -103,7 +101,7 @@ impl ThreadCache {
     /// Thread every list now (at start-up, so the first visitor does not wait).
     pub fn warm(&self) -> Result<(), WebError> {
         for l in self.store.lists()? {
-            self.with(l.id, |_| ())?;
+            self.with(l.id, |t| t.shrink_to_fit())?;
         }
         Ok(())
     }
