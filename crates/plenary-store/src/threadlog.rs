@@ -7,8 +7,9 @@
 //! is about 150 bytes per key on top of the value; reading the full message records for
 //! the views kept about 48 MB. Packed entries cost about their own size.
 //!
-//! Stores written before the log existed get it built from the message records the first
-//! time they are opened (the `thread_log` flag in the `meta` tree says it is complete).
+//! Stores written before the log existed (or with another encoding of it) get it built
+//! from the message records the first time they are opened (the `thread_log` key in the
+//! `meta` tree holds the encoding's version once the log is complete).
 
 use crate::{Store, StoreError, Trees};
 use plenary_core::{ListId, MessageKey};
@@ -18,8 +19,11 @@ use std::collections::BTreeMap;
 /// Sequence numbers per thread-log value.
 pub const THREAD_CHUNK: u64 = 128;
 
-/// `meta` key set once every stored message has its entry.
+/// `meta` key holding [`FORMAT`] once every stored message has its entry.
 const COMPLETE: &[u8] = b"thread_log";
+/// The version of [`Entry`]'s encoding in the log; another value (or none) means the log
+/// is rebuilt from the message records on open.
+const FORMAT: u8 = 2;
 
 fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -60,7 +64,7 @@ impl Pending {
 /// Build the log from the message records if an older store lacks it. Runs before the
 /// committer starts, so nothing writes meanwhile.
 pub(crate) fn backfill(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
-    if t.meta.get(COMPLETE)?.is_some() {
+    if t.meta.get(COMPLETE)?.as_deref() == Some(&[FORMAT][..]) {
         return Ok(());
     }
     t.thread_log.clear()?;
@@ -79,7 +83,7 @@ pub(crate) fn backfill(db: &sled::Db, t: &Trees) -> Result<(), StoreError> {
         }
     }
     t.thread_log.apply_batch(pending.into_batch(&t.thread_log)?)?;
-    t.meta.insert(COMPLETE, &[1u8])?;
+    t.meta.insert(COMPLETE, &[FORMAT])?;
     db.flush()?;
     if n > 0 {
         tracing::info!(entries = n, "built the thread log from the message records");

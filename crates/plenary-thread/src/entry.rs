@@ -4,7 +4,7 @@
 //! reading every full message record for that kept most of them resident for good (sled
 //! 0.34 keeps every page it has read in memory, whatever its `cache_capacity`; about 48 MB
 //! for 90,000 messages). An [`Entry`] holds only what threading needs (hashed
-//! Message-IDs, the hashed base subject, the date and an author id), about 60–150 bytes;
+//! Message-IDs, the hashed base subject, the date and an author id), about 40–80 bytes;
 //! the store keeps them packed many to a value, written in the same transaction as the
 //! message.
 //!
@@ -28,17 +28,17 @@ pub struct Entry {
     pub seq: u64,
     pub date: i64,
     /// The Message-ID's key.
-    pub id: u128,
+    pub id: u64,
     /// The base subject's key (see [`base_subject`]).
-    pub subject: u128,
+    pub subject: u64,
     /// The subject had a reply marker.
     pub reply: bool,
     /// Neither References nor In-Reply-To.
     pub headerless: bool,
     /// The first In-Reply-To, unless it names the message itself.
-    pub irt: Option<u128>,
+    pub irt: Option<u64>,
     /// References, oldest first, without the message itself and without `irt`.
-    pub refs: Vec<u128>,
+    pub refs: Vec<u64>,
     /// [`author_id`] of the sender; the web layer keys it before use.
     pub author: u64,
 }
@@ -80,7 +80,7 @@ impl Entry {
         let id = key(&meta.message_id);
         let (base, reply) = base_subject(&meta.subject);
         let irt = meta.in_reply_to.first().map(|i| key(i)).filter(|i| *i != id);
-        let mut refs: Vec<u128> = meta
+        let mut refs: Vec<u64> = meta
             .references
             .iter()
             .map(|r| key(r))
@@ -142,19 +142,19 @@ impl Entry {
     fn decode(b: &mut &[u8]) -> Result<Entry, DecodeError> {
         let seq = u64::from_le_bytes(take(b)?);
         let date = i64::from_le_bytes(take(b)?);
-        let id = u128::from_le_bytes(take(b)?);
-        let subject = u128::from_le_bytes(take(b)?);
+        let id = u64::from_le_bytes(take(b)?);
+        let subject = u64::from_le_bytes(take(b)?);
         let author = u64::from_le_bytes(take(b)?);
         let [flags] = take::<1>(b)?;
         let irt = if flags & F_IRT != 0 {
-            Some(u128::from_le_bytes(take(b)?))
+            Some(u64::from_le_bytes(take(b)?))
         } else {
             None
         };
         let [n] = take::<1>(b)?;
         let mut refs = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            refs.push(u128::from_le_bytes(take(b)?));
+            refs.push(u64::from_le_bytes(take(b)?));
         }
         Ok(Entry {
             seq,

@@ -110,7 +110,7 @@ pub fn parent_rows(tree: &[TreeItem]) -> Vec<Option<usize>> {
 #[derive(Debug, Default)]
 struct View {
     /// Effective thread (top container) of each node that holds a message.
-    top: HashMap<u32, u32>,
+    top: Vec<u32>,
     /// Threads attached by subject: target top → attached tops.
     attached: HashMap<u32, Vec<u32>>,
     /// Every thread, newest activity first.
@@ -121,38 +121,61 @@ struct View {
     authors: Option<Vec<(u64, usize, i64, u64)>>,
 }
 
+/// Sequence number → node, for the dense per-list numbers the store hands out (a slot per
+/// number up to the highest: 4 bytes each, against about 20 in a hash map).
+#[derive(Debug, Default)]
+struct SeqMap {
+    slots: Vec<u32>,
+    len: usize,
+}
+
+impl SeqMap {
+    fn get(&self, seq: u64) -> Option<u32> {
+        let i = usize::try_from(seq).ok()?;
+        self.slots.get(i).copied().filter(|&n| n != NONE)
+    }
+
+    fn insert(&mut self, seq: u64, node: u32) {
+        let Ok(i) = usize::try_from(seq) else { return };
+        if i >= self.slots.len() {
+            self.slots.resize(i + 1, NONE);
+        }
+        if self.slots[i] == NONE {
+            self.len += 1;
+        }
+        self.slots[i] = node;
+    }
+
+    fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots.iter().copied().filter(|&n| n != NONE)
+    }
+}
+
 /// The threads of one list.
 #[derive(Debug, Default)]
 pub struct Threads {
-    /// Message-ID (the upper half of its [`key`], see [`short`]) → node.
+    /// Message-ID (as its [`key`]) → node.
     ids: HashMap<u64, u32>,
     nodes: Vec<Node>,
-    by_seq: HashMap<u64, u32>,
-    /// Base subject (the upper half of its [`key`]) → subject number.
+    by_seq: SeqMap,
+    /// Base subject (as its [`key`]) → subject number.
     subjects: HashMap<u64, u32>,
     last_seq: u64,
     view: Option<View>,
 }
 
-/// The 128-bit key a Message-ID or base subject is kept under: the first half of its
+/// The 64-bit key a Message-ID or base subject is kept under: the first 8 bytes of its
 /// SHA-256. Only lookups need the strings, and a list's worth of them (every Message-ID,
 /// including referenced ones not in the archive) as separate heap strings was most of the
-/// views' memory; a chance collision is about 2^-100 for a million messages, and a crafted
-/// one needs a SHA-256 second preimage.
-fn key(s: &str) -> u128 {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(s.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d[..16]);
-    u128::from_be_bytes(b)
-}
-
-/// What the in-memory tables key by: the upper 64 bits of a stored 128-bit key, which halves
-/// the largest table. A chance collision among a million Message-IDs is about 3·10^-8; one
+/// views' memory. A chance collision among a million Message-IDs is about 3·10^-8; one
 /// made on purpose needs a 64-bit preimage to touch anyone else's message (two colliding
 /// IDs of one's own only move one's own mail).
-fn short(k: u128) -> u64 {
-    (k >> 64) as u64
+fn key(s: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
 }
 
 /// Reply and forward markers (lower case, without the colon) stripped from subjects, in the
@@ -246,21 +269,20 @@ impl Threads {
     pub fn shrink_to_fit(&mut self) {
         self.ids.shrink_to_fit();
         self.nodes.shrink_to_fit();
-        self.by_seq.shrink_to_fit();
+        self.by_seq.slots.shrink_to_fit();
         self.subjects.shrink_to_fit();
     }
 
     /// Number of messages threaded.
     pub fn len(&self) -> usize {
-        self.by_seq.len()
+        self.by_seq.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_seq.is_empty()
+        self.by_seq.len == 0
     }
 
-    fn node_for(&mut self, k: u128) -> u32 {
-        let k = short(k);
+    fn node_for(&mut self, k: u64) -> u32 {
         if let Some(&n) = self.ids.get(&k) {
             return n;
         }
@@ -338,19 +360,19 @@ impl Threads {
     /// Add an archived message from its compact [`Entry`] (`entry.author` is taken as the
     /// caller's key, as in [`Threads::add`]). Sequence numbers already seen are ignored.
     pub fn add_entry(&mut self, e: &Entry) {
-        if self.by_seq.contains_key(&e.seq) {
+        if self.by_seq.get(e.seq).is_some() {
             return;
         }
         let seq = e.seq;
         self.view = None;
         self.last_seq = self.last_seq.max(seq);
-        let node = match self.ids.get(&short(e.id)) {
+        let node = match self.ids.get(&e.id) {
             Some(&n) if self.nodes[n as usize].msg.is_none() => n,
             Some(_) => self.push_node(),
             None => self.node_for(e.id),
         };
         let next = self.subjects.len() as u32;
-        let subject = *self.subjects.entry(short(e.subject)).or_insert(next);
+        let subject = *self.subjects.entry(e.subject).or_insert(next);
         let headerless = e.headerless;
         self.nodes[node as usize].msg = Some(Msg {
             seq,
@@ -421,14 +443,14 @@ impl Threads {
 
     fn compute(&self) -> View {
         // Raw tops, memoised along each walk.
-        let mut top_of: HashMap<u32, u32> = HashMap::with_capacity(self.by_seq.len());
+        let mut top_of: Vec<u32> = vec![NONE; self.nodes.len()];
         let mut path = Vec::new();
-        for &n in self.by_seq.values() {
+        for n in self.by_seq.values() {
             path.clear();
             let mut cur = n;
             let top = loop {
-                if let Some(&t) = top_of.get(&cur) {
-                    break t;
+                if top_of[cur as usize] != NONE {
+                    break top_of[cur as usize];
                 }
                 path.push(cur);
                 let p = self.nodes[cur as usize].parent;
@@ -438,15 +460,15 @@ impl Threads {
                 cur = p;
             };
             for &x in &path {
-                top_of.insert(x, top);
+                top_of[x as usize] = top;
             }
         }
         // Per raw top: earliest message (date, seq), and whether the top message is a
         // headerless reply.
         let mut start: HashMap<u32, (i64, u64)> = HashMap::new();
-        for &n in self.by_seq.values() {
+        for n in self.by_seq.values() {
             let Some(m) = &self.nodes[n as usize].msg else { continue };
-            let t = top_of[&n];
+            let t = top_of[n as usize];
             let e = start.entry(t).or_insert((m.date, m.seq));
             if (m.date, m.seq) < *e {
                 *e = (m.date, m.seq);
@@ -490,13 +512,13 @@ impl Threads {
             last: (i64, u64),
             authors: Vec<u64>,
         }
-        let mut top = HashMap::with_capacity(self.by_seq.len());
+        let mut top = vec![NONE; self.nodes.len()];
         let mut acc: HashMap<u32, Acc> = HashMap::new();
-        for &n in self.by_seq.values() {
+        for n in self.by_seq.values() {
             let Some(m) = &self.nodes[n as usize].msg else { continue };
-            let raw = top_of[&n];
+            let raw = top_of[n as usize];
             let t = merged.get(&raw).copied().unwrap_or(raw);
-            top.insert(n, t);
+            top[n as usize] = t;
             let a = acc.entry(t).or_insert(Acc {
                 count: 0,
                 first: (m.date, m.seq),
@@ -541,8 +563,13 @@ impl Threads {
 
     /// The thread holding message `seq`.
     pub fn thread_of(&mut self, seq: u64) -> Option<ThreadId> {
-        let n = *self.by_seq.get(&seq)?;
-        self.view().top.get(&n).map(|&t| ThreadId(t))
+        let n = self.by_seq.get(seq)?;
+        self.view()
+            .top
+            .get(n as usize)
+            .copied()
+            .filter(|&t| t != NONE)
+            .map(ThreadId)
     }
 
     pub fn info(&mut self, id: ThreadId) -> Option<ThreadInfo> {
@@ -637,7 +664,7 @@ impl Threads {
             .iter()
             .filter_map(|t| t.seq)
             .filter_map(|s| {
-                let n = *self.by_seq.get(&s)?;
+                let n = self.by_seq.get(s)?;
                 self.nodes[n as usize].msg.as_ref().map(|m| (m.date, m.seq))
             })
             .collect();

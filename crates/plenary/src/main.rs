@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod import;
 mod serve;
+mod trim;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};

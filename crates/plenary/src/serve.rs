@@ -160,6 +160,9 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         });
     }
 
+    // Detached: it holds nothing and ends with the runtime.
+    tokio::spawn(crate::trim::run());
+
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(plenary_smtp::serve(smtp, Protocol::Smtp, ctx.clone()));
     let mut lmtp_addr = None;

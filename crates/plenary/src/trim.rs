@@ -1,0 +1,137 @@
+//! Give memory the daemon has freed back to the system once it goes quiet.
+//!
+//! Why: glibc's malloc keeps what a thread freed in that thread's arena and only returns
+//! the top of each arena, so after a burst (the start-up load of the thread views, a
+//! search over 70,000 hits, an import) the process stays at its high-water mark long
+//! after the memory is free: about 11 MB on the 90k-message benchmark archive. For a
+//! list server that idles most of the day on a small machine that is memory taken from
+//! everything else. `malloc_trim(0)` hands the free pages back.
+//!
+//! When: a tick every [`TICK`] reads the process's CPU time; when a tick finds the process
+//! idle (under [`IDLE_TICKS`] of CPU since the last one) after it has done at least
+//! [`WORK_TICKS`] of work since the last trim, it trims once. So a busy daemon never
+//! trims (trimming mid-load would cost page faults later and stall allocating threads
+//! while glibc walks its arenas) and an idle one trims once per burst, not every tick.
+//!
+//! This is the one use of `unsafe` in the workspace (ARCHITECTURE.md, "Memory").
+
+use std::time::Duration;
+
+/// How often the process's CPU time is read.
+pub const TICK: Duration = Duration::from_secs(2);
+/// CPU clock ticks (1/100 s) under which a tick counts as idle.
+const IDLE_TICKS: u64 = 2;
+/// CPU clock ticks of work since the last trim that make a trim worth it (a trim itself
+/// costs a few milliseconds).
+const WORK_TICKS: u64 = 5;
+
+/// Decides when to trim, from successive readings of the process's CPU time.
+#[derive(Debug, Default)]
+pub struct Trigger {
+    last: Option<u64>,
+    work: u64,
+}
+
+impl Trigger {
+    /// Feed one reading (cumulative CPU ticks); true when the allocator should be trimmed.
+    pub fn observe(&mut self, cpu: u64) -> bool {
+        let Some(last) = self.last.replace(cpu) else {
+            return false;
+        };
+        let delta = cpu.saturating_sub(last);
+        self.work = self.work.saturating_add(delta);
+        if delta < IDLE_TICKS && self.work >= WORK_TICKS {
+            self.work = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// utime + stime of this process, in clock ticks, from `/proc/self/stat`.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_ascii_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code, reason = "malloc_trim is a plain glibc call")]
+fn malloc_trim() -> bool {
+    // SAFETY: malloc_trim takes no pointers and has no preconditions; glibc serialises it
+    // against other allocator calls with its own arena locks.
+    unsafe { libc::malloc_trim(0) != 0 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn malloc_trim() -> bool {
+    false
+}
+
+/// Run until the runtime shuts down: trim after each burst of work.
+pub async fn run() {
+    if cpu_ticks().is_none() {
+        tracing::debug!("no /proc/self/stat: the allocator is never trimmed");
+        return;
+    }
+    let mut trigger = Trigger::default();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(cpu) = cpu_ticks() else { continue };
+        if trigger.observe(cpu) {
+            let released = tokio::task::spawn_blocking(malloc_trim).await.unwrap_or(false);
+            tracing::debug!(released, "idle: returned freed memory to the system");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_once_per_burst_and_never_under_load() {
+        let mut t = Trigger::default();
+        assert!(!t.observe(100), "the first reading only sets the baseline");
+        assert!(!t.observe(100), "idle without work since: nothing to give back");
+        // Under load: never.
+        let mut cpu = 100;
+        for _ in 0..10 {
+            cpu += 150;
+            assert!(!t.observe(cpu));
+        }
+        assert!(t.observe(cpu + 1), "the first quiet tick after the burst trims");
+        assert!(!t.observe(cpu + 1), "and only once");
+        assert!(!t.observe(cpu + 2));
+        // A little background work (the indexer, a few requests) adds up to a new trim.
+        let mut c = cpu + 2;
+        let mut trims = 0;
+        for _ in 0..WORK_TICKS + 1 {
+            c += 1;
+            trims += usize::from(t.observe(c));
+        }
+        assert_eq!(trims, 1, "work spread thinly over quiet ticks earns one trim, not more");
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let Some(a) = cpu_ticks() else {
+            panic!("/proc/self/stat is readable on Linux");
+        };
+        // Burn a little CPU so the counter moves.
+        let t0 = std::time::Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(60) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let b = cpu_ticks().unwrap_or(0);
+        assert!(b > a, "{a} -> {b}");
+    }
+}
