@@ -501,6 +501,17 @@ part_web() {
   log "idle after the wrk load: $m"
   record memory "{\"kind\":\"idle_after_wrk\",\"idle_s\":$IDLE_SECS,\"mem\":$m}"
   stop_daemon
+  # The same once more after a restart: the first daemon run after a bulk import holds a few
+  # MB more than any later one (sled's state after the import; see README), so report both.
+  cmdlog "$PLENARY --config $dir/plenary.toml serve   # restarted: few requests, wrk at c=10 only"
+  start_daemon "$dir"
+  for u in "${urls[@]}" "$B/" "$B/lists/$ILIST/"; do curl -s -o /dev/null "$u"; done
+  for i in "${!names[@]}"; do wrk_run "${names[$i]}-restarted" "${urls[$i]}" 10; done
+  sleep "$IDLE_SECS"
+  m=$(python3 "$BENCH/procstat.py" mem "$DPID")
+  log "idle after the wrk load, second start: $m"
+  record memory "{\"kind\":\"idle_after_wrk_second_start\",\"idle_s\":$IDLE_SECS,\"mem\":$m}"
+  stop_daemon
 }
 
 # ---- main --------------------------------------------------------------------------------
