@@ -30,6 +30,7 @@ WRK_SECS=${WRK_SECS:-10}
 WRK_CONNS=${WRK_CONNS:-"1 4 10"}
 IDLE_SECS=${IDLE_SECS:-10}
 PUBLIC_INBOX=${PUBLIC_INBOX:-1}       # 0 skips the public-inbox comparison
+IMPORT_RUNS=${IMPORT_RUNS:-3}         # Plenary imports of the archive (single runs vary by ~20 %)
 TOPUP=${TOPUP:-34000}                 # synthetic messages added after the import so the web/memory
                                       # parts see ~90k messages (twisted dedupes to 56k); 0 = none
 ANCHORS=${ANCHORS:-/work/shared/bench-anchors}
@@ -338,26 +339,30 @@ part_import() {
   rm -rf "$dir"; write_config "$dir"
   : >"$RES/import.jsonl"
   local files=("$CORPUS_DIR"/*/*.txt.gz)
-  log "plenary import: ${#files[@]} pipermail files"
-  cmdlog "$PLENARY --config $dir/plenary.toml list create $ILIST"
-  "$PLENARY" --config "$dir/plenary.toml" list create "$ILIST" >/dev/null
-  cmdlog "/usr/bin/time -f '%e %M %U %S' $PLENARY --config $dir/plenary.toml import --list $ILIST $CORPUS_DIR/*/*.txt.gz"
-  local t0 t1 w
-  t0=$(now)
-  timeout 900 /usr/bin/time -f "%e %M %U %S" -o "$dir/import.time" "$PLENARY" --config "$dir/plenary.toml" \
-    import --list "$ILIST" "${files[@]}" >"$dir/import.out" 2>"$LOGS/plenary-import.stderr"
-  t1=$(now); w=$(elapsed "$t0" "$t1")
-  cat "$dir/import.out" >>"$LOGS/plenary-import.stderr"
-  local line read_n imported dups rejected maxrss usr sys du_data du_index
-  line=$(grep -m1 'messages read' "$dir/import.out")
-  read_n=$(echo "$line" | awk '{print $1}')
-  imported=$(echo "$line" | sed -n 's/.*: \([0-9]*\) imported.*/\1/p')
-  dups=$(echo "$line" | sed -n 's/.* \([0-9]*\) duplicates.*/\1/p')
-  rejected=$(echo "$line" | sed -n 's/.* \([0-9]*\) rejected.*/\1/p')
-  read -r _ maxrss usr sys <"$dir/import.time"
-  du_data=$(du -sb "$dir/data" | cut -f1); du_index=$(du -sb "$dir/data/index" | cut -f1)
-  log "plenary import: $line in ${w}s = $(awk -v n="$read_n" -v w="$w" 'BEGIN{printf "%.0f", n/w}') read/s, $(awk -v n="$imported" -v w="$w" 'BEGIN{printf "%.0f", n/w}') stored/s; max RSS ${maxrss} KB"
-  record import "{\"system\":\"plenary\",\"files\":${#files[@]},\"messages_read\":$read_n,\"stored\":$imported,\"duplicates\":$dups,\"rejected\":$rejected,\"wall_s\":$w,\"read_per_s\":$(awk -v n="$read_n" -v w="$w" 'BEGIN{printf "%.1f", n/w}'),\"stored_per_s\":$(awk -v n="$imported" -v w="$w" 'BEGIN{printf "%.1f", n/w}'),\"max_rss_kb\":$maxrss,\"user_s\":$usr,\"sys_s\":$sys,\"disk_bytes\":$du_data,\"index_bytes\":$du_index,\"summary\":\"$line\"}"
+  log "plenary import: ${#files[@]} pipermail files, $IMPORT_RUNS runs (the median counts)"
+  local run
+  for run in $(seq 1 "$IMPORT_RUNS"); do
+    rm -rf "$dir/data"
+    cmdlog "$PLENARY --config $dir/plenary.toml list create $ILIST   # run $run of $IMPORT_RUNS, fresh data dir"
+    "$PLENARY" --config "$dir/plenary.toml" list create "$ILIST" >/dev/null
+    cmdlog "/usr/bin/time -f '%e %M %U %S' $PLENARY --config $dir/plenary.toml import --list $ILIST $CORPUS_DIR/*/*.txt.gz"
+    local t0 t1 w
+    t0=$(now)
+    timeout 900 /usr/bin/time -f "%e %M %U %S" -o "$dir/import.time" "$PLENARY" --config "$dir/plenary.toml" \
+      import --list "$ILIST" "${files[@]}" >"$dir/import.out" 2>"$LOGS/plenary-import.stderr"
+    t1=$(now); w=$(elapsed "$t0" "$t1")
+    cat "$dir/import.out" >>"$LOGS/plenary-import.stderr"
+    local line read_n imported dups rejected maxrss usr sys du_data du_index
+    line=$(grep -m1 'messages read' "$dir/import.out")
+    read_n=$(echo "$line" | awk '{print $1}')
+    imported=$(echo "$line" | sed -n 's/.*: \([0-9]*\) imported.*/\1/p')
+    dups=$(echo "$line" | sed -n 's/.* \([0-9]*\) duplicates.*/\1/p')
+    rejected=$(echo "$line" | sed -n 's/.* \([0-9]*\) rejected.*/\1/p')
+    read -r _ maxrss usr sys <"$dir/import.time"
+    du_data=$(du -sb "$dir/data" | cut -f1); du_index=$(du -sb "$dir/data/index" | cut -f1)
+    log "plenary import: $line in ${w}s = $(awk -v n="$read_n" -v w="$w" 'BEGIN{printf "%.0f", n/w}') read/s, $(awk -v n="$imported" -v w="$w" 'BEGIN{printf "%.0f", n/w}') stored/s; max RSS ${maxrss} KB"
+    record import "{\"system\":\"plenary\",\"run\":$run,\"files\":${#files[@]},\"messages_read\":$read_n,\"stored\":$imported,\"duplicates\":$dups,\"rejected\":$rejected,\"wall_s\":$w,\"read_per_s\":$(awk -v n="$read_n" -v w="$w" 'BEGIN{printf "%.1f", n/w}'),\"stored_per_s\":$(awk -v n="$imported" -v w="$w" 'BEGIN{printf "%.1f", n/w}'),\"max_rss_kb\":$maxrss,\"user_s\":$usr,\"sys_s\":$sys,\"disk_bytes\":$du_data,\"index_bytes\":$du_index,\"summary\":\"$line\"}"
+  done
 
   [ "$PUBLIC_INBOX" = 1 ] || { log "public-inbox skipped (PUBLIC_INBOX=0)"; topup; return 0; }
   # --- public-inbox on the same messages (as bench-anchors/bench_publicinbox.sh does) ---
