@@ -100,6 +100,11 @@ fn read_mbox(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> std::io::Resul
     let mut cur: Option<Found> = None;
     let mut n = 0u64;
     let mut lineno = 0u64;
+    // The date of the last separator that had one. Pipermail does not quote body lines that
+    // start with "From ", so such a line splits a message (as Python's mailbox splits it too);
+    // the headerless fragment after it then dates from the message it was cut from, not from
+    // the day of the import.
+    let mut last_date: Option<i64> = None;
     loop {
         line.clear();
         let got = r.read_until(b'\n', &mut line)?;
@@ -115,9 +120,13 @@ fn read_mbox(path: &Path, emit: &mut dyn FnMut(Found) -> bool) -> std::io::Resul
                 }
             }
             n += 1;
+            let date = separator_date(&String::from_utf8_lossy(&line));
+            if date.is_some() {
+                last_date = date;
+            }
             cur = Some(Found {
                 raw: Vec::new(),
-                envelope_date: separator_date(&String::from_utf8_lossy(&line)),
+                envelope_date: date.or(last_date),
                 location: format!("{} message {n} (line {lineno})", path.display()),
             });
             continue;
@@ -385,5 +394,32 @@ mod tests {
         assert_eq!(got[0].raw, b"Subject: one\n\nFrom the start\n>From deeper\n");
         assert_eq!(got[1].raw, b"Subject: two\n\nbody\n");
         assert_eq!(got[1].envelope_date, Some(929_102_400));
+    }
+
+    #[test]
+    fn a_fragment_cut_by_an_unquoted_from_line_keeps_its_messages_date() {
+        // Pipermail leaves "From my point..." in a body unquoted: Python's mailbox (and so we)
+        // split there; the fragment has no headers and no separator date of its own.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("2008-March.txt");
+        std::fs::write(
+            &p,
+            b"From a at b.org  Wed Mar  5 10:00:00 2008\nFrom: a at b.org\nSubject: q\n\nAsked.\n\nFrom my point of view\nit is fine.\n\nFrom c at d.org  Thu Mar  6 09:00:00 2008\nSubject: r\n\nx\n",
+        )
+        .expect("write");
+        let mut got = Vec::new();
+        read_source(&p, &mut |f| {
+            got.push(f);
+            true
+        })
+        .expect("read");
+        assert_eq!(got.len(), 3, "split as Python's mailbox splits");
+        assert_eq!(got[1].raw, b"it is fine.\n");
+        assert_eq!(
+            got[1].envelope_date, got[0].envelope_date,
+            "the fragment dates from its message"
+        );
+        assert_eq!(got[0].envelope_date, Some(1_204_711_200));
+        assert_eq!(got[2].envelope_date, Some(1_204_794_000));
     }
 }
