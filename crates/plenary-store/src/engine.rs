@@ -8,7 +8,7 @@
 
 use crate::keys;
 use crate::records::{FanoutJob, HeldPost, InboxEntry, ListRecord, LogEntry, Pending, RetryEntry};
-use crate::{Store, StoreError};
+use crate::{corrupt, Store, StoreError};
 use plenary_core::list::{ListSettings, Member};
 use plenary_core::{ListId, MemberAddress, MessageKey};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -36,13 +36,6 @@ pub enum Write {
     /// These posts went into a digest.
     DigestTaken(Vec<MessageKey>),
     PutList(ListRecord),
-}
-
-fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {

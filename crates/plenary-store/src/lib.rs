@@ -37,9 +37,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Largest value we write for a piece of a raw message (well under sled's blob threshold).
 pub use threadlog::THREAD_CHUNK;
 
+/// Largest value we write for a piece of a raw message (well under sled's blob threshold).
 pub const CHUNK_SIZE: usize = 32 * 1024;
 
 /// Schema version written at creation; a mismatch refuses to open.
@@ -88,6 +88,14 @@ impl StoreError {
 /// OS error number.
 fn is_enospc(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// A stored value that does not decode, named by its key.
+pub(crate) fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// How the store is opened.

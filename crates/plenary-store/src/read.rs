@@ -3,17 +3,10 @@
 
 use crate::keys;
 use crate::records::{ListRecord, MonthCount, StoredMessage};
-use crate::{Store, StoreError};
+use crate::{corrupt, Store, StoreError};
 use plenary_core::{ListAddress, ListId, MessageKey};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-
-fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
-}
 
 impl Store {
     /// Create a list. Fails if the address is taken.

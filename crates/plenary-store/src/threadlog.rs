@@ -11,7 +11,7 @@
 //! from the message records the first time they are opened (the `thread_log` key in the
 //! `meta` tree holds the encoding's version once the log is complete).
 
-use crate::{Store, StoreError, Trees};
+use crate::{corrupt, Store, StoreError, Trees};
 use plenary_core::{ListId, MessageKey};
 use plenary_thread::Entry;
 use std::collections::BTreeMap;
@@ -24,13 +24,6 @@ const COMPLETE: &[u8] = b"thread_log";
 /// The version of [`Entry`]'s encoding in the log; another value (or none) means the log
 /// is rebuilt from the message records on open.
 const FORMAT: u8 = 2;
-
-fn corrupt(key: impl std::fmt::Display, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
-}
 
 /// The key of the value holding `seq`'s entry.
 pub(crate) fn chunk_key(list: ListId, seq: u64) -> [u8; 12] {

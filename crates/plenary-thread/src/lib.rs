@@ -149,6 +149,10 @@ impl SeqMap {
     fn values(&self) -> impl Iterator<Item = u32> + '_ {
         self.slots.iter().copied().filter(|&n| n != NONE)
     }
+
+    fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+    }
 }
 
 /// The threads of one list.
@@ -269,7 +273,7 @@ impl Threads {
     pub fn shrink_to_fit(&mut self) {
         self.ids.shrink_to_fit();
         self.nodes.shrink_to_fit();
-        self.by_seq.slots.shrink_to_fit();
+        self.by_seq.shrink_to_fit();
         self.subjects.shrink_to_fit();
     }
 
