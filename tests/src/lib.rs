@@ -496,6 +496,45 @@ pub fn openssl(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// `tests/py/dns_server.py` (a real UDP DNS server) on a free port, stopped when dropped.
+pub struct Dns {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serve `zone` (JSON, see `tests/py/dns_server.py`); queries are logged under `dir/dns`.
+pub fn start_dns(dir: &Path, zone: &str) -> Dns {
+    let zone_path = dir.join("zone.json");
+    std::fs::write(&zone_path, zone).unwrap_or_else(|e| panic!("zone: {e}"));
+    let out = dir.join("dns");
+    let (child, port) = python_server("dns_server.py", &[&zone_path.to_string_lossy(), &out.to_string_lossy()]);
+    Dns { child, port }
+}
+
+/// Base64 without line breaks (for DKIM key records).
+pub fn base64(b: &[u8]) -> String {
+    let out = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(b)?;
+            }
+            c.wait_with_output()
+        })
+        .unwrap_or_else(|e| panic!("base64: {e}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// One transaction captured by `tests/py/relay.py`.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Captured {

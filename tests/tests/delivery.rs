@@ -15,34 +15,17 @@ struct Env {
     ed_pubkey: String,
 }
 
-fn b64(b: &[u8]) -> String {
-    let out = Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            if let Some(mut i) = c.stdin.take() {
-                i.write_all(b)?;
-            }
-            c.wait_with_output()
-        })
-        .unwrap_or_else(|e| panic!("base64: {e}"));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn env(extra: &str) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = Relay::start(&dir.path().join("relay"));
     let key = dir.path().join("dkim.pem");
     openssl(&["genrsa", "-out", &key.to_string_lossy(), "2048"]);
     let der = openssl(&["rsa", "-in", &key.to_string_lossy(), "-pubout", "-outform", "DER"]);
-    let pubkey = b64(&der);
+    let pubkey = plenary_e2e::base64(&der);
     let ed = dir.path().join("ed25519.pem");
     openssl(&["genpkey", "-algorithm", "ed25519", "-out", &ed.to_string_lossy()]);
     let ed_der = openssl(&["pkey", "-in", &ed.to_string_lossy(), "-pubout", "-outform", "DER"]);
-    let ed_pubkey = b64(&ed_der[ed_der.len() - 32..]);
+    let ed_pubkey = plenary_e2e::base64(&ed_der[ed_der.len() - 32..]);
     let d = Daemon::start(
         dir.path(),
         "",

@@ -3,31 +3,9 @@
 //! organizational domain's `sp=`), and when the lookup fails; `p=none` and domains without
 //! a record keep their From. The name server is `tests/py/dns_server.py`, a real UDP DNS server.
 
-use plenary_e2e::{python_server, send_from, Daemon, Relay};
-use std::process::Child;
+use plenary_e2e::{send_from, start_dns, Daemon, Relay};
 
 const LIST: &str = "dmarc@lists.example.org";
-
-/// `tests/py/dns_server.py` on a free port, stopped when dropped.
-struct Dns {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dns(dir: &std::path::Path, zone: &str) -> Dns {
-    let zone_path = dir.join("zone.json");
-    std::fs::write(&zone_path, zone).unwrap_or_else(|e| panic!("zone: {e}"));
-    let out = dir.join("dns");
-    let (child, port) = python_server("dns_server.py", &[&zone_path.to_string_lossy(), &out.to_string_lossy()]);
-    Dns { child, port }
-}
 
 #[test]
 fn from_is_munged_exactly_for_strict_dmarc_domains() {

@@ -64,7 +64,7 @@ async fn bare_lf_dot_in_a_stored_message_cannot_smuggle_a_second_transaction() {
         relay_port: relay.port,
         ..FanoutSettings::default()
     };
-    let worker = Arc::new(Worker::new(store.clone(), engine, settings, Vec::new()).expect("worker"));
+    let worker = Arc::new(Worker::new(store.clone(), engine, settings, Vec::new(), None).expect("worker"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(worker.run(stop_rx));
     let deadline = Instant::now() + Duration::from_secs(30);

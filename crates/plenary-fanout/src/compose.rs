@@ -86,6 +86,9 @@ pub struct Prepared {
     list_leave: String,
     base_url: String,
     one_click: bool,
+    /// The ARC set (three header lines, CRLF-terminated) every copy starts with; empty
+    /// without ARC sealing (see `arc.rs`).
+    arc: Vec<u8>,
 }
 
 /// Split a CRLF message into header fields and body.
@@ -254,12 +257,33 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
         list_leave: addr.sub("leave"),
         base_url: base,
         one_click: t.list_headers,
+        arc: Vec::new(),
     }
 }
 
 impl Prepared {
     pub fn body_hash(&self) -> &str {
         &self.bh
+    }
+
+    /// The copy without its per-recipient headers and signatures: what an ARC seal signs.
+    pub fn template(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + 4096);
+        for (n, v) in &self.headers {
+            out.extend_from_slice(n.as_bytes());
+            out.push(b':');
+            out.extend_from_slice(v);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Put this ARC set (from [`crate::arc::Sealer::seal`] over [`Self::template`]) in
+    /// front of every copy.
+    pub fn set_arc(&mut self, headers: Vec<u8>) {
+        self.arc = headers;
     }
 
     /// The copy for one recipient. `unsub_token` is the member's one-click token.
@@ -300,6 +324,7 @@ impl Prepared {
             }
         }
         let mut out = Vec::with_capacity(self.body.len() + 4096);
+        out.extend_from_slice(&self.arc);
         for k in keys {
             out.extend_from_slice(dkim::sign(k, &self.domain, &all, &signed, &self.bh, now)?.as_bytes());
         }
@@ -376,6 +401,29 @@ mod tests {
         assert!(out.contains("Archived-At: <https://l.example.org/lists/gov@lists.example.org/m/m1@x/>\r\n"));
         assert!(out.contains("Message-ID: <m1@x>\r\nReferences: <r@x>\r\n"));
         assert!(out.contains("List-Post: <mailto:gov@lists.example.org>"));
+    }
+
+    #[test]
+    fn arc_template_leaves_out_per_recipient_headers_and_the_set_leads_every_copy() {
+        let raw = b"From: Ana <ana@x.org>\r\nMessage-ID: <m1@x>\r\nSubject: s\r\n\r\nbody\r\n";
+        let t = Transform {
+            archived_at: None,
+            list_changes: true,
+            list_headers: true,
+            strict_dmarc: false,
+        };
+        let mut p = prepare(&list(), raw, "https://l.example.org", &t);
+        let template = String::from_utf8(p.template()).expect("utf8");
+        assert!(template.contains("List-Id: ") && template.contains("From: Ana <ana@x.org>\r\n"));
+        assert!(!template.contains("List-Unsubscribe"), "{template}");
+        assert!(template.ends_with("\r\n\r\nbody\r\n"), "{template}");
+        let set = b"ARC-Seal: i=1; cv=none\r\nARC-Message-Signature: i=1\r\nARC-Authentication-Results: i=1; h\r\n";
+        p.set_arc(set.to_vec());
+        for tok in ["one", "two"] {
+            let out = p.render(&[], Some(tok), 0).expect("render");
+            assert!(out.starts_with(set), "{}", String::from_utf8_lossy(&out));
+            assert!(String::from_utf8_lossy(&out).contains(&format!("/u/{tok}>")));
+        }
     }
 
     #[test]

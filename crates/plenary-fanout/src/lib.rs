@@ -9,6 +9,7 @@
 //! times. Temporary failures (4xx, connection errors) retry with exponential backoff until
 //! `give_up`, then count as a bounce; permanent ones (5xx) count at once.
 
+pub mod arc;
 pub mod compose;
 pub mod dkim;
 pub mod dmarc;
@@ -145,6 +146,8 @@ pub struct Worker {
     dmarc: Result<dmarc::Dmarc, String>,
     /// Idle relay connections, opened by [`relay::connect`], for reuse.
     idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
+    /// ARC sealing of posts, when enabled.
+    arc: Option<arc::Sealer>,
 }
 
 fn now() -> i64 {
@@ -157,6 +160,7 @@ impl Worker {
         engine: Engine,
         settings: FanoutSettings,
         keys: Vec<DkimKey>,
+        arc: Option<arc::Sealer>,
     ) -> Result<Worker, FanoutError> {
         let tls = RelayTlsConfig::new(&settings)?;
         let dmarc = dmarc::Dmarc::new(&settings.dns_servers, settings.dns_timeout);
@@ -171,6 +175,7 @@ impl Worker {
             tls,
             dmarc,
             idle: std::sync::Mutex::new(Vec::new()),
+            arc,
         })
     }
 
@@ -278,7 +283,18 @@ impl Worker {
                     list_headers: true,
                     strict_dmarc: self.strict_dmarc(&list, &raw).await,
                 };
-                (vec![Arc::new(prepare(&list, &raw, base, &t))], author.clone())
+                let mut p = prepare(&list, &raw, base, &t);
+                if let Some(sealer) = &self.arc {
+                    let arrival = arc::Arrival {
+                        raw: &raw,
+                        direct: m.origin == plenary_core::Origin::Smtp,
+                    };
+                    match sealer.seal(&arrival, &p.template(), list.address.domain()).await {
+                        Ok(set) => p.set_arc(set),
+                        Err(e) => tracing::warn!(list = %list.address, error = %e, "post goes out without an ARC seal"),
+                    }
+                }
+                (vec![Arc::new(p)], author.clone())
             }
             JobKind::Digest { keys, number } => {
                 let d = plenary_list::digest::build(&self.store, &list, keys, *number)?;

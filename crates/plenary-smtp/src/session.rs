@@ -564,7 +564,7 @@ impl<'a> Session<'a> {
         }
         let now = chrono::Utc::now();
         let received = format!(
-            "Received: from {} ({} [{}])\r\n\tby {} with {}{}; {}\r\n",
+            "Received: from {} ({} [{}])\r\n\tby {} with {}{}{}; {}\r\n",
             sanitize_helo(self.helo.as_deref().unwrap_or("unknown")),
             sanitize_helo(self.helo.as_deref().unwrap_or("unknown")),
             self.peer.ip(),
@@ -574,6 +574,7 @@ impl<'a> Session<'a> {
                 Protocol::Lmtp => "LMTP",
             },
             if self.tls { "S" } else { "" },
+            envelope_comment(tx.from.as_deref()),
             now.to_rfc2822()
         );
         let mut raw = Vec::with_capacity(received.len() + body.len());
@@ -666,6 +667,18 @@ fn bad_cmd(text: &str) -> Reply {
     Reply::new(503, text.to_string())
 }
 
+/// ` (envelope-from <ADDR>)`, as Exim writes it: ARC sealing checks SPF for this sender
+/// when the post goes out (`plenary-fanout/src/arc.rs` reads it back). Left out when the
+/// address has characters that could end the comment early (`<>` stays `<>`).
+fn envelope_comment(from: Option<&str>) -> String {
+    match from {
+        Some(a) if a.len() <= 320 && a.chars().all(|c| c.is_ascii_graphic() && !"()<>\\\";".contains(c)) => {
+            format!(" (envelope-from <{a}>)")
+        }
+        _ => String::new(),
+    }
+}
+
 fn sanitize_helo(h: &str) -> String {
     h.chars().filter(|c| c.is_ascii_graphic()).take(255).collect()
 }
@@ -716,4 +729,22 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<End<S>> {
     let conn = Conn::new(stream, ctx.settings.session_timeout);
     Session::new(ctx, proto, peer, false).run(conn, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::envelope_comment;
+
+    #[test]
+    fn envelope_sender_is_recorded_only_when_it_cannot_break_the_comment() {
+        assert_eq!(
+            envelope_comment(Some("ana@author.example")),
+            " (envelope-from <ana@author.example>)"
+        );
+        assert_eq!(envelope_comment(Some("")), " (envelope-from <>)");
+        assert_eq!(envelope_comment(None), "");
+        for bad in ["a)b@x", "a>b@x", "\"a b\"@x", "a;b@x", "ü@x"] {
+            assert_eq!(envelope_comment(Some(bad)), "", "{bad}");
+        }
+    }
 }

@@ -74,6 +74,8 @@ pub const KEYS: &[&str] = &[
     "dkim.ed25519_key",
     "dkim.ed25519_selector",
     "dkim.domain",
+    "arc.enabled",
+    "arc.authserv_id",
     "list.token_ttl_hours",
     "list.confirm_per_address",
     "list.confirm_per_ip",
@@ -90,6 +92,14 @@ pub struct DkimConfig {
     pub rsa_key: Option<PathBuf>,
     pub ed25519_key: Option<PathBuf>,
     pub domain: Option<String>,
+}
+
+/// ARC sealing of list posts (`plenary-fanout/src/arc.rs`), with the RSA DKIM key.
+#[derive(Clone, Debug, Default)]
+pub struct ArcConfig {
+    pub enabled: bool,
+    /// The name in `ARC-Authentication-Results` (RFC 8601 authserv-id).
+    pub authserv_id: String,
 }
 
 /// Validated settings for every component.
@@ -109,6 +119,7 @@ pub struct Config {
     pub fanout: FanoutSettings,
     pub engine: EngineSettings,
     pub dkim: DkimConfig,
+    pub arc: ArcConfig,
 }
 
 struct Reader<'a> {
@@ -147,6 +158,18 @@ impl<'a> Reader<'a> {
             Some(v) => {
                 self.errors
                     .push(format!("{key}: expected an integer, found {}", v.type_str()));
+                default
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(v) => {
+                self.errors
+                    .push(format!("{key}: expected true or false, found {}", v.type_str()));
                 default
             }
         }
@@ -347,6 +370,14 @@ impl Config {
                 r.errors.push(format!("dkim: {e}"));
             }
         }
+        let arc = ArcConfig {
+            enabled: r.boolean("arc.enabled", false),
+            authserv_id: nonempty(r.string("arc.authserv_id", "")).unwrap_or_else(|| smtp.hostname.clone()),
+        };
+        if arc.enabled && dkim.rsa_key.is_none() {
+            r.errors
+                .push("arc.enabled: ARC seals with the RSA DKIM key; set dkim.rsa_key too".into());
+        }
         let engine = EngineSettings {
             base_url: web.base_url.clone(),
             token_ttl: secs(r.int("list.token_ttl_hours", 72, 1, 24 * 60) * 3600),
@@ -408,6 +439,7 @@ impl Config {
             fanout,
             engine,
             dkim,
+            arc,
         })
     }
 }
@@ -458,6 +490,22 @@ mod tests {
         assert_eq!(from_file.store.min_free_bytes, defaults.store.min_free_bytes);
         assert_eq!(from_file.store.cache_bytes, defaults.store.cache_bytes);
         assert_eq!(from_file.admin_socket, defaults.admin_socket);
+        assert_eq!(from_file.arc.enabled, defaults.arc.enabled);
+        assert_eq!(from_file.arc.authserv_id, defaults.arc.authserv_id);
+    }
+
+    #[test]
+    fn arc_needs_the_rsa_key_and_names_this_host() {
+        let t: toml::Table = "[arc]\nenabled = true\n".parse().expect("toml");
+        let err = Config::from_table(&t).err().expect("ARC without a key must fail");
+        assert!(err.contains("arc.enabled") && err.contains("dkim.rsa_key"), "{err}");
+        let t: toml::Table = "[arc]\nenabled = \"yes\"\n".parse().expect("toml");
+        let err = Config::from_table(&t).err().expect("a string is not a boolean");
+        assert!(err.contains("arc.enabled: expected true or false"), "{err}");
+        let t: toml::Table = "[smtp]\nhostname = \"lists.example.org\"\n".parse().expect("toml");
+        let c = Config::from_table(&t).expect("loads");
+        assert!(!c.arc.enabled);
+        assert_eq!(c.arc.authserv_id, "lists.example.org");
     }
 
     #[test]

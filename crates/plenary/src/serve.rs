@@ -110,8 +110,23 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     if keys.is_empty() {
         tracing::warn!("no DKIM key configured: list mail goes out unsigned (set dkim.rsa_key)");
     }
+    let arc = match (&config.arc, &config.dkim.rsa_key) {
+        (a, Some(key)) if a.enabled => Some(
+            plenary_fanout::arc::Sealer::new(
+                key,
+                &config.dkim.selector,
+                config.dkim.domain.clone(),
+                &a.authserv_id,
+                &config.fanout.dns_servers,
+                config.fanout.dns_timeout,
+            )
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("cannot set up ARC sealing")?,
+        ),
+        _ => None,
+    };
     let worker = Arc::new(
-        plenary_fanout::Worker::new(store.clone(), engine.clone(), config.fanout.clone(), keys)
+        plenary_fanout::Worker::new(store.clone(), engine.clone(), config.fanout.clone(), keys, arc)
             .context("cannot set up delivery")?,
     );
     let engine_task = tokio::spawn(engine.clone().run(shutdown_rx.clone()));
