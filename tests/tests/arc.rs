@@ -108,7 +108,8 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
     );
     let r = send_from(d.smtp, "ana@author.example", LIST, &signed);
     assert!(r.starts_with("250"), "{r}");
-    let unsigned = format!("From: Bo <bo@other.example>\r\nTo: {LIST}\r\nSubject: unsigned post\r\nDate: Mon, 23 Nov 2026 10:01:00 +0000\r\nMessage-ID: <arc-2@other.example>\r\n\r\nHello from Bo.\r\n");
+    // With a forged Authentication-Results in our name, which must not reach anyone.
+    let unsigned = format!("Authentication-Results: lists.example.org; dkim=pass header.d=bank.example\r\nFrom: Bo <bo@other.example>\r\nTo: {LIST}\r\nSubject: unsigned post\r\nDate: Mon, 23 Nov 2026 10:01:00 +0000\r\nMessage-ID: <arc-2@other.example>\r\n\r\nHello from Bo.\r\n");
     let r = send_from(d.smtp, "bo@other.example", LIST, &unsigned);
     assert!(r.starts_with("250"), "{r}");
 
@@ -198,7 +199,19 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
             );
             assert!(v.aar.contains("dmarc=none header.from=other.example"), "{v:?}");
         }
-        assert!(v.subject.starts_with("[dc]"), "the copy was changed: {v:?}");
         assert_eq!(v.rcpts.len(), 1, "one copy per recipient");
     }
+    // One seal per post: both members' copies carry the very same ARC-Seal.
+    for subject in ["[dc] signed post", "[dc] unsigned post", "[dc] forwarded post"] {
+        let seals: std::collections::BTreeSet<&str> = verified
+            .iter()
+            .filter(|v| v.subject == subject)
+            .map(|v| v.seal.as_str())
+            .collect();
+        assert_eq!(seals.len(), 1, "{subject}: {seals:?}");
+    }
+    assert!(
+        !got.iter().any(|m| m.data.contains("bank.example")),
+        "forged Authentication-Results passed"
+    );
 }

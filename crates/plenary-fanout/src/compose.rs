@@ -74,6 +74,9 @@ pub struct Transform {
     /// The author's domain publishes `p=quarantine` or `p=reject` (looked up by the
     /// worker, see `dmarc.rs`): with `dmarc = munge`, From is rewritten.
     pub strict_dmarc: bool,
+    /// With ARC sealing: our authserv-id. Incoming `Authentication-Results` fields that
+    /// claim it are forged and left out (RFC 8601 §5).
+    pub authserv_id: Option<String>,
 }
 
 /// A message prepared for a list: everything but the per-recipient parts.
@@ -144,6 +147,13 @@ pub fn from_domain(raw: &[u8]) -> Option<String> {
     get(&fields, "from").and_then(author_domain)
 }
 
+/// The authserv-id of an `Authentication-Results` value (RFC 8601 §2.2): its first word.
+fn authserv_id(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let head = text.split(';').next().unwrap_or_default();
+    head.split_whitespace().next().unwrap_or_default().to_string()
+}
+
 /// Prepare `raw` for `list`. `base_url` is the web archive's public base.
 pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> Prepared {
     let raw = plenary_core::mime::crlf(raw);
@@ -198,6 +208,13 @@ pub fn prepare(list: &ListRecord, raw: &[u8], base_url: &str, t: &Transform) -> 
     for (name, value) in &fields {
         let lower = name.to_ascii_lowercase();
         if t.list_headers && REPLACED.contains(&lower.as_str()) {
+            continue;
+        }
+        if lower == "authentication-results"
+            && t.authserv_id
+                .as_deref()
+                .is_some_and(|ours| authserv_id(value).eq_ignore_ascii_case(ours))
+        {
             continue;
         }
         if munge && lower == "from" {
@@ -391,6 +408,7 @@ mod tests {
             list_changes: true,
             list_headers: true,
             strict_dmarc: false,
+            authserv_id: None,
         };
         let p = prepare(&list(), raw, "https://l.example.org/", &t);
         let out = String::from_utf8(p.render(&[], Some("tok"), 0).expect("render")).expect("utf8");
@@ -411,6 +429,7 @@ mod tests {
             list_changes: true,
             list_headers: true,
             strict_dmarc: false,
+            authserv_id: None,
         };
         let mut p = prepare(&list(), raw, "https://l.example.org", &t);
         let template = String::from_utf8(p.template()).expect("utf8");
@@ -420,10 +439,34 @@ mod tests {
         let set = b"ARC-Seal: i=1; cv=none\r\nARC-Message-Signature: i=1\r\nARC-Authentication-Results: i=1; h\r\n";
         p.set_arc(set.to_vec());
         for tok in ["one", "two"] {
+            // Byte for byte: the set, the per-recipient lines, then exactly what was sealed.
+            let mut want = set.to_vec();
+            want.extend_from_slice(
+                format!("List-Unsubscribe: <https://l.example.org/u/{tok}>, <mailto:gov-leave@lists.example.org?subject=unsubscribe>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").as_bytes(),
+            );
+            want.extend_from_slice(template.as_bytes());
             let out = p.render(&[], Some(tok), 0).expect("render");
-            assert!(out.starts_with(set), "{}", String::from_utf8_lossy(&out));
-            assert!(String::from_utf8_lossy(&out).contains(&format!("/u/{tok}>")));
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
         }
+    }
+
+    #[test]
+    fn forged_authentication_results_for_our_id_are_dropped() {
+        let raw = b"Authentication-Results: Lists.Example.org; dkim=pass header.d=bank.example\r\nAuthentication-Results: mx.other.example; spf=pass\r\nFrom: a@x.org\r\nSubject: s\r\n\r\nbody\r\n";
+        let mut t = Transform {
+            list_changes: true,
+            list_headers: true,
+            ..Transform::default()
+        };
+        let kept = String::from_utf8(prepare(&list(), raw, "https://l", &t).template()).expect("utf8");
+        assert!(kept.contains("header.d=bank.example"), "without ARC nothing is dropped");
+        t.authserv_id = Some("lists.example.org".into());
+        let out = String::from_utf8(prepare(&list(), raw, "https://l", &t).template()).expect("utf8");
+        assert!(!out.contains("bank.example"), "{out}");
+        assert!(
+            out.contains("Authentication-Results: mx.other.example; spf=pass\r\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -439,6 +482,7 @@ mod tests {
             list_changes: true,
             list_headers: true,
             strict_dmarc: false,
+            authserv_id: None,
         };
         let p = prepare(&list(), b"From: a@x.org\r\nSubject: s\r\n\r\nbody\r\n", "https://l", &t);
         let mut sigs = std::collections::HashSet::new();
@@ -475,6 +519,7 @@ mod tests {
             list_changes: true,
             list_headers: true,
             strict_dmarc: false,
+            authserv_id: None,
         };
         let raw = b"From: \"Bo\" <bo@yahoo.com>\r\nSubject: hello\r\n\r\nbody\r\n";
         let out = String::from_utf8(prepare(&l, raw, "https://l", &t).render(&[], None, 0).expect("r")).expect("u");
@@ -497,6 +542,7 @@ mod tests {
         // The same author when the worker found p=reject/quarantine for example.net.
         let strict = Transform {
             strict_dmarc: true,
+            authserv_id: None,
             ..t.clone()
         };
         let out3 =

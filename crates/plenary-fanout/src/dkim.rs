@@ -95,25 +95,39 @@ impl DkimKey {
         } else {
             // RSASSA-PKCS1-v1_5 over SHA-256 (RFC 6376 §3.3.1): hash here, sign the digest
             // with a reused context.
-            let hash = Sha256::digest(data);
-            let reused = self.contexts.lock().ok().and_then(|mut v| v.pop());
-            let mut ctx = match reused {
-                Some(c) => c,
-                None => {
-                    let mut c = PkeyCtx::new(&self.key).map_err(err)?;
-                    c.sign_init().map_err(err)?;
-                    c.set_rsa_padding(Padding::PKCS1).map_err(err)?;
-                    c.set_signature_md(Md::sha256()).map_err(err)?;
-                    c
-                }
-            };
-            let mut sig = Vec::with_capacity(self.key.size());
-            ctx.sign_to_vec(&hash, &mut sig).map_err(err)?;
-            if let Ok(mut v) = self.contexts.lock() {
-                v.push(ctx);
-            }
-            Ok(sig)
+            self.sign_sha256_digest(&Sha256::digest(data))
         }
+    }
+
+    /// RSASSA-PKCS1-v1_5 signature of a SHA-256 `digest` (an RSA key; the ARC sealer
+    /// hashes for itself).
+    pub fn sign_sha256_digest(&self, hash: &[u8]) -> Result<Vec<u8>, DkimError> {
+        let err = |e: openssl::error::ErrorStack| DkimError::Sign(e.to_string());
+        if self.ed25519 {
+            return Err(DkimError::Sign("an Ed25519 key cannot make an RSA signature".into()));
+        }
+        let reused = self.contexts.lock().ok().and_then(|mut v| v.pop());
+        let mut ctx = match reused {
+            Some(c) => c,
+            None => {
+                let mut c = PkeyCtx::new(&self.key).map_err(err)?;
+                c.sign_init().map_err(err)?;
+                c.set_rsa_padding(Padding::PKCS1).map_err(err)?;
+                c.set_signature_md(Md::sha256()).map_err(err)?;
+                c
+            }
+        };
+        let mut sig = Vec::with_capacity(self.key.size());
+        ctx.sign_to_vec(hash, &mut sig).map_err(err)?;
+        if let Ok(mut v) = self.contexts.lock() {
+            v.push(ctx);
+        }
+        Ok(sig)
+    }
+
+    /// An RSA key (the only kind ARC sealing takes).
+    pub fn is_rsa(&self) -> bool {
+        !self.ed25519
     }
 }
 

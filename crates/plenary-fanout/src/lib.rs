@@ -150,6 +150,9 @@ pub struct Worker {
     arc: Option<arc::Sealer>,
 }
 
+/// Longest wait for the DNS checks of ARC sealing, per post (then it goes out unsealed).
+const SEAL_TIMEOUT: Duration = Duration::from_secs(20);
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -282,14 +285,21 @@ impl Worker {
                     list_changes: true,
                     list_headers: true,
                     strict_dmarc: self.strict_dmarc(&list, &raw).await,
+                    authserv_id: self.arc.as_ref().map(|a| a.authserv_id().to_string()),
                 };
                 let mut p = prepare(&list, &raw, base, &t);
                 if let Some(sealer) = &self.arc {
                     let arrival = arc::Arrival {
                         raw: &raw,
-                        direct: m.origin == plenary_core::Origin::Smtp,
+                        smtp: m.origin == plenary_core::Origin::Smtp,
                     };
-                    match sealer.seal(&arrival, &p.template(), list.address.domain()).await {
+                    let sealed = tokio::time::timeout(
+                        SEAL_TIMEOUT,
+                        sealer.seal(&arrival, &p.template(), list.address.domain()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err(format!("the checks took over {} s", SEAL_TIMEOUT.as_secs())));
+                    match sealed {
                         Ok(set) => p.set_arc(set),
                         Err(e) => tracing::warn!(list = %list.address, error = %e, "post goes out without an ARC seal"),
                     }
@@ -303,6 +313,7 @@ impl Worker {
                     list_changes: false,
                     list_headers: true,
                     strict_dmarc: false,
+                    authserv_id: None,
                 };
                 (
                     vec![

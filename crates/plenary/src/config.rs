@@ -76,6 +76,7 @@ pub const KEYS: &[&str] = &[
     "dkim.domain",
     "arc.enabled",
     "arc.authserv_id",
+    "arc.check_spf",
     "list.token_ttl_hours",
     "list.confirm_per_address",
     "list.confirm_per_ip",
@@ -100,6 +101,8 @@ pub struct ArcConfig {
     pub enabled: bool,
     /// The name in `ARC-Authentication-Results` (RFC 8601 authserv-id).
     pub authserv_id: String,
+    /// Check SPF and DMARC for posts received over SMTP (off behind a front MTA).
+    pub check_spf: bool,
 }
 
 /// Validated settings for every component.
@@ -373,6 +376,7 @@ impl Config {
         let arc = ArcConfig {
             enabled: r.boolean("arc.enabled", false),
             authserv_id: nonempty(r.string("arc.authserv_id", "")).unwrap_or_else(|| smtp.hostname.clone()),
+            check_spf: r.boolean("arc.check_spf", true),
         };
         if arc.enabled && dkim.rsa_key.is_none() {
             r.errors
@@ -492,6 +496,7 @@ mod tests {
         assert_eq!(from_file.admin_socket, defaults.admin_socket);
         assert_eq!(from_file.arc.enabled, defaults.arc.enabled);
         assert_eq!(from_file.arc.authserv_id, defaults.arc.authserv_id);
+        assert_eq!(from_file.arc.check_spf, defaults.arc.check_spf);
     }
 
     #[test]

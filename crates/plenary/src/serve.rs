@@ -111,18 +111,21 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         tracing::warn!("no DKIM key configured: list mail goes out unsigned (set dkim.rsa_key)");
     }
     let arc = match (&config.arc, &config.dkim.rsa_key) {
-        (a, Some(key)) if a.enabled => Some(
-            plenary_fanout::arc::Sealer::new(
-                key,
-                &config.dkim.selector,
-                config.dkim.domain.clone(),
-                &a.authserv_id,
-                &config.fanout.dns_servers,
-                config.fanout.dns_timeout,
+        (a, Some(path)) if a.enabled => {
+            let key = plenary_fanout::dkim::DkimKey::load(path, &config.dkim.selector, config.dkim.domain.clone())
+                .context("cannot load the DKIM key for ARC")?;
+            Some(
+                plenary_fanout::arc::Sealer::new(
+                    key,
+                    &a.authserv_id,
+                    a.check_spf,
+                    &config.fanout.dns_servers,
+                    config.fanout.dns_timeout,
+                )
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("cannot set up ARC sealing")?,
             )
-            .map_err(|e| anyhow::anyhow!(e))
-            .context("cannot set up ARC sealing")?,
-        ),
+        }
         _ => None,
     };
     let worker = Arc::new(
