@@ -286,6 +286,17 @@ def cmd_verify(a):
                 ok = False
                 res["errors"].append(repr(e)[:200])
             res["dkim_valid"] += int(bool(ok))
+        if a.arc:
+            if header(msg, b"ARC-Seal"):
+                res["with_arc_seal"] = res.get("with_arc_seal", 0) + 1
+            if dkim and txt and res.get("arc_checked", 0) < a.dkim_n:
+                res["arc_checked"] = res.get("arc_checked", 0) + 1
+                try:
+                    cv, _, _ = dkim.arc_verify(msg, dnsfunc=dnsfunc)
+                except Exception as e:  # noqa: BLE001
+                    cv = None
+                    res["errors"].append(repr(e)[:200])
+                res["arc_valid"] = res.get("arc_valid", 0) + int(cv == dkim.CV_Pass)
         if i == 0:
             res["sample_headers"] = {
                 "mail_from": frm.decode(), "rcpt": rcpt.decode(),
@@ -297,7 +308,9 @@ def cmd_verify(a):
     print(json.dumps(res, separators=(",", ":")))
     ok = (res["sampled"] > 0 and res["with_dkim_signature"] == res["sampled"]
           and res["distinct_unsub_urls"] == res["sampled"]
-          and res["dkim_valid"] == res["dkim_checked"])
+          and res["dkim_valid"] == res["dkim_checked"]
+          and (not a.arc or (res.get("with_arc_seal") == res["sampled"]
+                             and res.get("arc_valid", 0) == res.get("arc_checked", 0))))
     return 0 if ok else 4
 
 
@@ -327,6 +340,7 @@ def main():
     s.add_argument("--pubkey", default="")
     s.add_argument("-n", type=int, default=200, help="records to sample (about)")
     s.add_argument("--dkim-n", type=int, default=50, help="signatures to verify with dkimpy")
+    s.add_argument("--arc", action="store_true", help="every copy must carry a valid ARC set")
     a = ap.parse_args()
     return {"members": cmd_members, "post": cmd_post, "verify": cmd_verify}[a.cmd](a) or 0
 

@@ -25,7 +25,8 @@
 #   POST_BYTES (3000), LOG_LEVEL (warn; the daemon's stderr goes to the scratch dir and its
 #   WARN/ERROR lines are echoed to stderr), NO_BUILD=1 (never run cargo; only warn if the
 #   binary is older than the sources), KEEP=1 (keep the scratch dir), WORK (parent of the
-#   scratch dir, /tmp), VERIFY=0 (skip the dump check).
+#   scratch dir, /tmp), VERIFY=0 (skip the dump check), ARC=1 (also ARC-seal the post,
+#   [arc] enabled, its DNS checks answered by tests/py/dns_server.py with an empty zone).
 # Needs postfix (smtp-sink) and openssl; run as root (smtp-sink -u nobody, like mailman3.sh).
 # Every process started here is stopped by PID at exit.
 set -euo pipefail
@@ -137,6 +138,18 @@ rsa_key = "$S/dkim.pem"
 [log]
 level = "$LOG_LEVEL"
 EOF
+MODE=personalized+dkim; ARC_FLAG=
+if [ "${ARC:-0}" = 1 ]; then
+  MODE=personalized+dkim+arc; ARC_FLAG=--arc
+  echo '{}' >"$S/zone.json"
+  "$PY" "$ROOT/tests/py/dns_server.py" "$S/zone.json" "$S/dns" >"$S/dns.out" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 50); do grep -q 'dns listening' "$S/dns.out" 2>/dev/null && break; sleep 0.1; done
+  DNS_PORT=$(awk '/dns listening/ {print $3}' "$S/dns.out")
+  [ -n "$DNS_PORT" ] || { log "the test DNS server did not start"; exit 1; }
+  printf '\n[dns]\nservers = "127.0.0.1:%s"\ntimeout_secs = 2\n\n[arc]\nenabled = true\nauthserv_id = "lists.example.org"\n' \
+    "$DNS_PORT" >>"$S/plenary.toml"
+fi
 P=("$BIN" --config "$S/plenary.toml")
 log "$("$BIN" --version), scratch $S, sink :$SINK_PORT, N=$N, concurrency=$CONCURRENCY batch=$BATCH"
 
@@ -183,12 +196,12 @@ extra=$(printf '{"concurrency":%s,"batch":%s,"load1_before":%s,"keygen_s":%s,"se
 log "---- posting to $N members, cap ${CAP}s"
 j=$(timeout $((CAP + 120)) "$PY" "$HERE/pl_fanout.py" post --smtp "$SMTP" --pid "$DPID" \
       --sink-pid "$SINK_PID" --list "$LIST" --expect "$N" --dump "$S/sink/dump" \
-      --timeout "$CAP" --size "$POST_BYTES" --extra "$extra") || { log "post failed"; exit 1; }
+      --timeout "$CAP" --size "$POST_BYTES" --extra "$extra" --mode "$MODE") || { log "post failed"; exit 1; }
 
 # ---- checks on the copies -------------------------------------------------------------------
 rc=0
 if [ "${VERIFY:-1}" = 1 ]; then
-  v=$("$PY" "$HERE/pl_fanout.py" verify --dump "$S/sink/dump" --pubkey "$S/dkim.pub") || rc=4
+  v=$("$PY" "$HERE/pl_fanout.py" verify --dump "$S/sink/dump" --pubkey "$S/dkim.pub" $ARC_FLAG) || rc=4
   log "verify: $v"
   j="${j%\}},\"verify\":$v}"
 fi
