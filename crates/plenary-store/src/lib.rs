@@ -117,7 +117,7 @@ impl StoreSettings {
             data_dir: data_dir.into(),
             min_free_bytes: 64 * 1024 * 1024,
             max_batch: 512,
-            cache_bytes: 32 * 1024 * 1024,
+            cache_bytes: 8 * 1024 * 1024,
         }
     }
 }

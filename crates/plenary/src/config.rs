@@ -224,7 +224,7 @@ impl Config {
         let data_dir = rel(r.string("data.dir", "./data"));
         let mut store = StoreSettings::new(&data_dir);
         store.min_free_bytes = r.int("data.min_free_mb", 64, 0, 1 << 30) * 1024 * 1024;
-        store.cache_bytes = r.int("data.cache_mb", 32, 1, 1 << 20) * 1024 * 1024;
+        store.cache_bytes = r.int("data.cache_mb", 8, 1, 1 << 20) * 1024 * 1024;
 
         let defaults = SmtpSettings::default();
         let smtp_listen = r.socket("smtp.listen", "127.0.0.1:2525");
