@@ -154,6 +154,27 @@ impl crate::Store {
     }
 }
 
+impl crate::Store {
+    /// Queue a message for the committer from a blocking (non-async) thread and return
+    /// the wait for its outcome. Messages queued one after another from one thread are
+    /// committed in that order, so of two copies of a Message-ID the first queued is kept
+    /// (an import relies on it); `ingest` from concurrent tasks promises no order.
+    pub fn submit_blocking(
+        &self,
+        req: IngestRequest,
+    ) -> Result<impl std::future::Future<Output = Result<Vec<TargetOutcome>, StoreError>>, StoreError> {
+        if self.has_failed() {
+            return Err(StoreError::Failed);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.committer()
+            .tx
+            .blocking_send(Job { req, reply })
+            .map_err(|_| StoreError::ShuttingDown)?;
+        Ok(async move { rx.await.map_err(|_| StoreError::ShuttingDown)? })
+    }
+}
+
 /// sled flush, then fsync of the db file (covers the file size that `sync_file_range` skips).
 pub(crate) fn make_durable(db: &sled::Db, file: &File, settings: &StoreSettings) -> Result<(), StoreError> {
     db.flush()?;

@@ -303,11 +303,16 @@ pub async fn import(
                 let Ok(permit) = rt.block_on(sem2.clone().acquire_owned()) else {
                     return false;
                 };
-                let store = store2.clone();
+                // Queued here, in reading order (the first copy of a Message-ID is kept);
+                // the outcome is awaited concurrently, so commits still group.
+                let pending = store2.submit_blocking(req);
                 let s3 = s2.clone();
                 let f3 = failure2.clone();
                 rt.spawn(async move {
-                    let r = store.ingest(req).await;
+                    let r = match pending {
+                        Ok(p) => p.await,
+                        Err(e) => Err(e),
+                    };
                     let mut s = s3.lock().unwrap_or_else(|p| p.into_inner());
                     match r {
                         Ok(out) => match out.first() {
@@ -394,6 +399,50 @@ mod tests {
         assert_eq!(got[0].raw, b"Subject: one\n\nFrom the start\n>From deeper\n");
         assert_eq!(got[1].raw, b"Subject: two\n\nbody\n");
         assert_eq!(got[1].envelope_date, Some(929_102_400));
+    }
+
+    #[test]
+    fn of_two_copies_of_a_message_id_the_first_read_is_kept() {
+        // Archives often hold a message twice with slightly different bodies; which copy is
+        // kept must not depend on how the concurrent commits happen to interleave.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut mbox = Vec::new();
+        const PAIRS: usize = 3000;
+        for i in 0..PAIRS {
+            for copy in ["first", "second"] {
+                mbox.extend_from_slice(
+                    format!("From a@b.org Thu Jun 10 12:00:00 1999\nFrom: a@b.org\nMessage-ID: <m{i}@b.org>\nSubject: s{i}\n\n{copy} copy\n\n")
+                        .as_bytes(),
+                );
+            }
+        }
+        let path = dir.path().join("dups.mbox");
+        std::fs::write(&path, &mbox).expect("write");
+        let store = Store::open(plenary_store::StoreSettings::new(dir.path().join("data"))).expect("store");
+        let addr = plenary_core::ListAddress::parse("l@lists.example.org").expect("address");
+        let list = store.create_list(&addr, "", "").expect("list").id;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let limits = ImportLimits {
+            max_message_size: 1 << 20,
+            mime: Default::default(),
+        };
+        let summary = rt
+            .block_on(import(store.clone(), list, vec![path], limits, tx))
+            .expect("import");
+        assert_eq!((summary.imported, summary.duplicates), (PAIRS as u64, PAIRS as u64));
+        let mut second = 0;
+        for m in store.messages_after(list, 0, PAIRS * 2).expect("messages") {
+            let raw = store.raw(&m).expect("raw");
+            if memchr::memmem::find(&raw, b"second copy").is_some() {
+                second += 1;
+            }
+        }
+        assert_eq!(second, 0, "{second} of {PAIRS} messages kept their second copy");
     }
 
     #[test]
