@@ -152,9 +152,7 @@ impl crate::Store {
             .map_err(|_| StoreError::ShuttingDown)?;
         rx.await.map_err(|_| StoreError::ShuttingDown)?
     }
-}
 
-impl crate::Store {
     /// Queue a message for the committer from a blocking (non-async) thread and return
     /// the wait for its outcome. Messages queued one after another from one thread are
     /// committed in that order, so of two copies of a Message-ID the first queued is kept
