@@ -3,9 +3,10 @@
 //! the capture relay, and dkimpy's ARC verifier (`tests/py/arc_verify.py`), which must
 //! validate every copy and must refuse a copy whose Subject was changed afterwards. A post
 //! that arrives with an ARC chain (sealed by a forwarder with dkimpy) gets the next
-//! instance, with `cv=pass`.
+//! instance, with `cv=pass`. A post handed over by a front MTA over LMTP gets DKIM and ARC
+//! results only (SPF would check the front MTA, not the sender).
 
-use plenary_e2e::{base64, openssl, send_from, start_dns, Daemon, Relay};
+use plenary_e2e::{base64, openssl, send_from, start_dns, Daemon, Relay, Smtp};
 use std::process::{Command, Stdio};
 
 const LIST: &str = "coalition@lists.example.org";
@@ -83,7 +84,7 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
     let relay = Relay::start(&dir.path().join("relay"));
     let d = Daemon::start(
         dir.path(),
-        "",
+        "lmtp_listen = \"127.0.0.1:0\"",
         &format!(
             "[relay]\nport = {}\n\n[dns]\nservers = \"127.0.0.1:{}\"\ntimeout_secs = 2\n\n[dkim]\nselector = \"test\"\nrsa_key = \"{}\"\n\n[arc]\nenabled = true\nauthserv_id = \"lists.example.org\"\n",
             relay.port,
@@ -122,8 +123,26 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
     let r = send_from(d.smtp, "cy@forwarder.example", LIST, &forwarded);
     assert!(r.starts_with("250"), "{r}");
 
-    let got = relay.wait_for("three posts to both members", 60, |m| m.len() >= 6);
-    assert_eq!(got.len(), 6, "{got:#?}");
+    // The same author, handed over by a front MTA over LMTP.
+    let via_lmtp = dkim_signed(
+        &author_key,
+        "a1",
+        "author.example",
+        &format!("From: Ana <ana@author.example>\r\nTo: {LIST}\r\nSubject: lmtp post\r\nDate: Mon, 23 Nov 2026 10:03:00 +0000\r\nMessage-ID: <arc-4@author.example>\r\n\r\nHello through the front MTA.\r\n"),
+    );
+    let mut c = Smtp::open(d.lmtp.expect("lmtp listener"));
+    assert!(c.cmd("LHLO mx.lists.example.org").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<ana@author.example>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(via_lmtp.as_bytes());
+    c.send(b"\r\n.\r\n");
+    let r = c.reply();
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT");
+
+    let got = relay.wait_for("four posts to both members", 60, |m| m.len() >= 8);
+    assert_eq!(got.len(), 8, "{got:#?}");
     // The copies of a post differ in their one-click tokens (one per member), and one
     // seal per post still covers every copy.
     let unsub: std::collections::BTreeSet<_> = got
@@ -150,7 +169,7 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(verified.len(), 6, "every copy carries a verified ARC set: {stdout}");
+    assert_eq!(verified.len(), 8, "every copy carries a verified ARC set: {stdout}");
     for v in &verified {
         assert_eq!(v.cv, "pass", "{v:?}");
         assert!(
@@ -174,7 +193,13 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
             v.aar.starts_with("i=1; lists.example.org") && v.aar.contains("arc=none"),
             "{v:?}"
         );
-        if v.subject == "[dc] signed post" {
+        if v.subject == "[dc] lmtp post" {
+            assert!(v.aar.contains("dkim=pass"), "{v:?}");
+            assert!(
+                !v.aar.contains("spf=") && !v.aar.contains("dmarc="),
+                "no SPF of the front MTA: {v:?}"
+            );
+        } else if v.subject == "[dc] signed post" {
             // What the list saw before it changed the post.
             assert!(
                 v.aar.contains("dkim=pass header.i=@author.example")
@@ -202,7 +227,12 @@ fn posts_are_arc_sealed_with_the_results_the_list_saw() {
         assert_eq!(v.rcpts.len(), 1, "one copy per recipient");
     }
     // One seal per post: both members' copies carry the very same ARC-Seal.
-    for subject in ["[dc] signed post", "[dc] unsigned post", "[dc] forwarded post"] {
+    for subject in [
+        "[dc] signed post",
+        "[dc] unsigned post",
+        "[dc] forwarded post",
+        "[dc] lmtp post",
+    ] {
         let seals: std::collections::BTreeSet<&str> = verified
             .iter()
             .filter(|v| v.subject == subject)
