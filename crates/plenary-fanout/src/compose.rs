@@ -286,14 +286,8 @@ impl Prepared {
     /// The copy without its per-recipient headers and signatures: what an ARC seal signs.
     pub fn template(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.body.len() + 4096);
-        for (n, v) in &self.headers {
-            out.extend_from_slice(n.as_bytes());
-            out.push(b':');
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+        write_fields_and_body(&mut out, headers, &self.body);
         out
     }
 
@@ -345,16 +339,22 @@ impl Prepared {
         for k in keys {
             out.extend_from_slice(dkim::sign(k, &self.domain, &all, &signed, &self.bh, now)?.as_bytes());
         }
-        for (n, v) in &all {
-            out.extend_from_slice(n.as_bytes());
-            out.push(b':');
-            out.extend_from_slice(v);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
+        write_fields_and_body(&mut out, all.iter().copied(), &self.body);
         Ok(out)
     }
+}
+
+/// `Name:value` lines, the blank line, the body: the one writer of both [`Prepared::render`]
+/// and [`Prepared::template`], so a copy holds exactly the bytes its ARC seal signed.
+fn write_fields_and_body<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = (&'a str, &'a [u8])>, body: &[u8]) {
+    for (n, v) in fields {
+        out.extend_from_slice(n.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }
 
 /// The public permalink of a message.

@@ -141,16 +141,33 @@ impl Drop for CommitterHandle {
 impl crate::Store {
     /// Store a message durably. Resolves only after the batch holding it is on disk.
     pub async fn ingest(&self, req: IngestRequest) -> Result<Vec<TargetOutcome>, StoreError> {
+        let (job, outcome) = self.committer_job(req)?;
+        self.committer()
+            .tx
+            .send(job)
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        outcome.await
+    }
+
+    /// A job for the committer and the wait for its outcome (refused once the store failed).
+    fn committer_job(
+        &self,
+        req: IngestRequest,
+    ) -> Result<
+        (
+            Job,
+            impl std::future::Future<Output = Result<Vec<TargetOutcome>, StoreError>>,
+        ),
+        StoreError,
+    > {
         if self.has_failed() {
             return Err(StoreError::Failed);
         }
         let (reply, rx) = oneshot::channel();
-        self.committer()
-            .tx
-            .send(Job { req, reply })
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        Ok((Job { req, reply }, async move {
+            rx.await.map_err(|_| StoreError::ShuttingDown)?
+        }))
     }
 
     /// Queue a message for the committer from a blocking (non-async) thread and return
@@ -161,15 +178,12 @@ impl crate::Store {
         &self,
         req: IngestRequest,
     ) -> Result<impl std::future::Future<Output = Result<Vec<TargetOutcome>, StoreError>>, StoreError> {
-        if self.has_failed() {
-            return Err(StoreError::Failed);
-        }
-        let (reply, rx) = oneshot::channel();
+        let (job, outcome) = self.committer_job(req)?;
         self.committer()
             .tx
-            .blocking_send(Job { req, reply })
+            .blocking_send(job)
             .map_err(|_| StoreError::ShuttingDown)?;
-        Ok(async move { rx.await.map_err(|_| StoreError::ShuttingDown)? })
+        Ok(outcome)
     }
 }
 
