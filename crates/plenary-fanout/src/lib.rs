@@ -586,17 +586,6 @@ impl Worker {
         mut job: FanoutJob,
         plans: &mut HashMap<u64, Arc<JobPlan>>,
     ) -> Result<usize, FanoutError> {
-        // A post to a list nobody receives (no members at all): nothing to plan or send.
-        // Removing the job need not be durable: if the removal is lost in a crash, the job
-        // comes back, finds nobody again and goes.
-        if matches!(job.what, JobKind::Post { .. } | JobKind::Digest { .. })
-            && job.cursor.is_none()
-            && !plans.contains_key(&job.id)
-            && self.store.members_after(job.list, None, 1)?.is_empty()
-        {
-            self.store.apply_with(vec![Write::RemoveJob(job.id)], false)?;
-            return Ok(0);
-        }
         let plan = match plans.get(&job.id) {
             Some(p) => p.clone(),
             None => match self.plan(&job).await? {
@@ -741,10 +730,34 @@ impl Worker {
     async fn step(self: &Arc<Self>, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<(usize, bool), FanoutError> {
         let mut n = 0;
         let mut walking = false;
+        // Posts to a list nobody receives (no members at all): nothing to plan or send. They
+        // go in one transaction per pass, not one each (an archive-only list can take mail
+        // at ingest speed). Removing them need not be durable: if the removal is lost in a
+        // crash, the jobs come back, find nobody again and go.
+        let mut unread = Vec::new();
+        let mut memberless: HashMap<plenary_core::ListId, bool> = HashMap::new();
         for job in self.store.jobs()? {
+            if matches!(job.what, JobKind::Post { .. } | JobKind::Digest { .. })
+                && job.cursor.is_none()
+                && !plans.contains_key(&job.id)
+            {
+                let nobody = match memberless.get(&job.list) {
+                    Some(v) => *v,
+                    None => {
+                        let v = self.store.members_after(job.list, None, 1)?.is_empty();
+                        memberless.insert(job.list, v);
+                        v
+                    }
+                };
+                if nobody {
+                    unread.push(Write::RemoveJob(job.id));
+                    continue;
+                }
+            }
             walking |= !job.walked;
             n += self.step_job(job, plans).await?;
         }
+        self.store.apply_with(unread, false)?;
         n += self.step_retries(plans).await?;
         Ok((n, walking))
     }
