@@ -14,6 +14,7 @@ mod indexer;
 pub mod query;
 pub mod schema;
 mod search;
+mod stem;
 
 pub use indexer::{Indexer, IndexerSettings};
 pub use query::{QueryError, QueryLimits};

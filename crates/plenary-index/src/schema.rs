@@ -5,13 +5,13 @@
 //! Chinese, plain folding otherwise). A message goes into the pair of its list's language;
 //! a search scoped to one list reads that pair, a site-wide search reads them all.
 
+use crate::stem::{Algorithm as Stem, CachedStemmer};
 use plenary_core::list::Language;
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, Language as Stem, LowerCaser, NgramTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer,
-    TextAnalyzer, TokenizerManager,
+    AsciiFoldingFilter, LowerCaser, NgramTokenizer, RemoveLongFilter, SimpleTokenizer, TextAnalyzer, TokenizerManager,
 };
 
 /// Handles of every field, built once with the schema.
@@ -79,7 +79,7 @@ pub fn register(manager: &TokenizerManager) {
             (_, Some(s)) => TextAnalyzer::builder(SimpleTokenizer::default())
                 .filter(RemoveLongFilter::limit(60))
                 .filter(LowerCaser)
-                .filter(Stemmer::new(s))
+                .filter(CachedStemmer::new(s))
                 .filter(AsciiFoldingFilter)
                 .build(),
             (_, None) => TextAnalyzer::builder(SimpleTokenizer::default())
