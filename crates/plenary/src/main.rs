@@ -215,13 +215,34 @@ fn admin_command(config: &Config, req: admin::Request) -> anyhow::Result<String>
         let mode = admin::Mode::Offline {
             index_dir: config.data_dir.join("index"),
         };
+        let settle = matches!(req, admin::Request::Import { .. });
         let engine = plenary_list::Engine::new(store.clone(), config.engine.clone());
         let r = admin::execute(&engine, config, &mode, req, tx).await;
         drop(engine);
         let _ = printer.await;
         let closed = store.close();
+        drop(store);
         let out = r.map_err(|e| anyhow::anyhow!(e))?;
         closed.context("final flush of the store failed")?;
+        if settle {
+            // sled rewrites its snapshot only when a database is opened, replaying the log
+            // written since. Open it once more here (a fraction of a second after a bulk
+            // import), so the daemon's first start finds a fresh snapshot: replaying the
+            // import there left about 5 MB more heap in the daemon for the life of the process.
+            let mut reopened = plenary_store::Store::open(config.store.clone());
+            // sled's last threads let go of the lock a moment after the store is dropped.
+            for _ in 0..50 {
+                if !matches!(reopened, Err(plenary_store::StoreError::Locked { .. })) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                reopened = plenary_store::Store::open(config.store.clone());
+            }
+            reopened
+                .context("cannot reopen the store after the import")?
+                .close()
+                .context("final flush of the store failed")?;
+        }
         Ok(out)
     })
 }
