@@ -361,8 +361,8 @@ fn bad_config_names_every_bad_key() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
-/// A post to an open list with no members is archived and its delivery job goes away
-/// without planning or sending anything (the ingest benchmark's case).
+/// A post to an open list with no members is archived and leaves no delivery job: none is
+/// made (the ingest benchmark's case; the store's unit test checks that a member brings it).
 #[test]
 fn posts_to_a_list_without_members_leave_no_delivery_jobs() {
     let dir = tempfile::tempdir().expect("tempdir");

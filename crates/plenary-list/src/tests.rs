@@ -186,6 +186,17 @@ async fn held_post_is_approved_into_the_archive_and_queue() {
         panic!("a non-member post must be held, got {out:?}");
     };
     assert_eq!(e.store().archived_count(list.id).expect("count"), 0);
+    // A member to deliver the approved post to (a list nobody receives gets no job).
+    e.add_members(
+        "gov@lists.example.org",
+        vec![(
+            MemberAddress::parse("ana@example.net").expect("valid"),
+            String::new(),
+            Delivery::Each,
+        )],
+        false,
+    )
+    .expect("add member");
     e.tick().await.expect("tick");
     let n = notices(&e);
     assert_eq!(n.len(), 1, "one notice to the owner");

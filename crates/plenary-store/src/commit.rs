@@ -366,6 +366,7 @@ fn commit_batch(
     let mut queued_work = false;
     let (mut held, mut fanout, mut digest) = (Batch::default(), Batch::default(), Batch::default());
     let mut list_cache: HashMap<ListId, Option<ListRecord>> = HashMap::new();
+    let mut has_members: HashMap<ListId, bool> = HashMap::new();
 
     for job in jobs {
         let req = &job.req;
@@ -497,7 +498,23 @@ fn commit_batch(
                         index_q.insert(&key.to_bytes(), &[0u8]);
                         queued_for_index = true;
                     }
-                    if distribute {
+                    // A list nobody receives (no members at all, e.g. an archive that mirrors
+                    // a list hosted elsewhere) gets no delivery job: nobody to plan, sign or
+                    // send for, and no worker pass per commit to remove the job again.
+                    let receivers = match has_members.get(&target.list) {
+                        Some(v) => *v,
+                        None => {
+                            let v = t
+                                .members
+                                .scan_prefix(target.list.0.to_be_bytes())
+                                .next()
+                                .transpose()?
+                                .is_some();
+                            has_members.insert(target.list, v);
+                            v
+                        }
+                    };
+                    if distribute && receivers {
                         let id = ctx.db.generate_id()? + 1;
                         let job = FanoutJob {
                             id,

@@ -252,3 +252,50 @@ async fn thread_log_holds_every_archived_post_and_is_built_for_older_stores() {
         "rebuilt on open"
     );
 }
+
+#[tokio::test]
+async fn a_post_to_a_list_nobody_receives_makes_no_delivery_job() {
+    use plenary_core::list::{Delivery, JoinedVia, Member};
+    use plenary_core::MemberAddress;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = store
+        .create_list(&ListAddress::parse("mirror@x.org").expect("addr"), "M", "")
+        .expect("create");
+    let post = |id: &str| {
+        let mut r = req(
+            list.id,
+            format!("From: a@b.org\r\nMessage-ID: <{id}@x>\r\nSubject: s\r\n\r\nbody\r\n").as_bytes(),
+            RecipientKind::Post,
+        );
+        r.handling = PostHandling::Approved;
+        r
+    };
+    let out = store.ingest(post("nobody")).await.expect("ingest");
+    assert!(matches!(out[0], TargetOutcome::Archived(_)), "{out:?}");
+    assert!(store.jobs().expect("jobs").is_empty(), "no job without members");
+    assert!(store.digest_pending().expect("digest").is_empty());
+
+    let ana = Member {
+        address: MemberAddress::parse("ana@example.net").expect("valid"),
+        name: String::new(),
+        delivery: Delivery::Each,
+        receive_own: true,
+        moderated: false,
+        joined_at: 1_800_000_000,
+        joined_via: JoinedVia::Cli,
+        unsub_token: "t".repeat(26),
+        bounce_score: 0,
+        last_bounce: 0,
+        disabled: None,
+    };
+    store.apply(vec![Write::PutMember(list.id, ana)]).expect("member");
+    let out = store.ingest(post("somebody")).await.expect("ingest");
+    let TargetOutcome::Archived(key) = out[0] else {
+        panic!("expected archived, got {out:?}")
+    };
+    let jobs = store.jobs().expect("jobs");
+    assert_eq!(jobs.len(), 1, "one job once the list has a member");
+    assert!(matches!(jobs[0].what, JobKind::Post { key: k, .. } if k == key));
+    assert_eq!(store.digest_pending().expect("digest").len(), 1);
+}
