@@ -25,6 +25,8 @@ use tokio::sync::watch;
 const EXIT_STORE_FAILED: i32 = 75;
 
 pub fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    // Before the runtime starts any thread.
+    crate::trim::limit_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Defence in depth: parsers get room even though inputs are pre-scanned.

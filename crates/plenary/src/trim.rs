@@ -13,7 +13,11 @@
 //! trims (trimming mid-load would cost page faults later and stall allocating threads
 //! while glibc walks its arenas) and an idle one trims once per burst, not every tick.
 //!
-//! This is the one use of `unsafe` in the workspace (ARCHITECTURE.md, "Memory").
+//! [`limit_arenas`] caps glibc's arenas at start-up for the same reason: freed memory stays
+//! in the arena it was freed in.
+//!
+//! These two glibc calls are the only uses of `unsafe` in the workspace (ARCHITECTURE.md,
+//! "Memory").
 
 use std::time::Duration;
 
@@ -72,6 +76,38 @@ fn malloc_trim() -> bool {
     false
 }
 
+/// How many malloc arenas the daemon lets glibc make (its default is 8 per core).
+const ARENAS: i32 = 2;
+
+/// Cap glibc's malloc arenas at [`ARENAS`], unless the operator chose a number
+/// (`MALLOC_ARENA_MAX` or a `glibc.malloc.arena_max` tunable). Call before any thread starts.
+///
+/// Why: every thread that allocates while the others hold their arenas gets one more, and an
+/// arena keeps what was freed in it. Measured on the benchmark archive (ARCHITECTURE.md,
+/// "Memory"): the first daemon run after a bulk import idled at 65.7 MiB PSS with one more
+/// arena of 4–7 MiB, and at 62.4 MiB with two arenas. Ingest throughput did not change
+/// beyond the run-to-run noise in three paired probes (an earlier measurement, with a low
+/// trim threshold as well, put the cost at about 6 %). The systemd unit in `deploy/` set the same through the environment; this makes
+/// every way of starting the daemon behave alike. Returns true when the cap was set here.
+pub fn limit_arenas() -> bool {
+    let chosen = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+    !chosen && set_arena_max(ARENAS)
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code, reason = "mallopt is a plain glibc call")]
+fn set_arena_max(n: i32) -> bool {
+    // SAFETY: mallopt takes two integers and no pointers; M_ARENA_MAX only bounds how many
+    // arenas glibc creates from now on.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, n) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn set_arena_max(_: i32) -> bool {
+    false
+}
+
 /// Run until the runtime shuts down: trim after each burst of work.
 pub async fn run() {
     if cpu_ticks().is_none() {
@@ -113,6 +149,12 @@ mod tests {
         // A few requests later (a little work, then quiet): one more trim.
         assert!(t.observe(cpu + 1 + WORK_TICKS), "quiet tick after a little work");
         assert!(!t.observe(cpu + 1 + WORK_TICKS));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_takes_the_arena_cap() {
+        assert!(set_arena_max(ARENAS), "mallopt(M_ARENA_MAX) refused");
     }
 
     #[test]
