@@ -228,7 +228,7 @@ fn admin_command(config: &Config, req: admin::Request) -> anyhow::Result<String>
             // sled rewrites its snapshot only when a database is opened, replaying the log
             // written since. Open it once more here (a fraction of a second after a bulk
             // import), so the daemon's first start finds a fresh snapshot: replaying the
-            // import there left about 5 MB more heap in the daemon for the life of the process.
+            // import there left about 2 MB more heap in the daemon for the life of the process.
             let mut reopened = plenary_store::Store::open(config.store.clone());
             // sled's last threads let go of the lock a moment after the store is dropped.
             for _ in 0..50 {
