@@ -498,39 +498,47 @@ fn commit_batch(
                         index_q.insert(&key.to_bytes(), &[0u8]);
                         queued_for_index = true;
                     }
-                    // A list nobody receives (no members at all, e.g. an archive that mirrors
-                    // a list hosted elsewhere) gets no delivery job: nobody to plan, sign or
-                    // send for, and no worker pass per commit to remove the job again.
-                    let receivers = match has_members.get(&target.list) {
-                        Some(v) => *v,
-                        None => {
-                            let v = t
-                                .members
-                                .scan_prefix(target.list.0.to_be_bytes())
-                                .next()
-                                .transpose()?
-                                .is_some();
-                            has_members.insert(target.list, v);
-                            v
-                        }
-                    };
-                    if distribute && receivers {
-                        let id = ctx.db.generate_id()? + 1;
-                        let job = FanoutJob {
-                            id,
-                            list: target.list,
-                            what: JobKind::Post {
-                                key,
-                                author: author.clone(),
-                            },
-                            created: req.received_at,
-                            cursor: None,
-                            walked: false,
-                            delivered: 0,
+                    if distribute {
+                        // A list nobody receives (no members at all, e.g. an archive that
+                        // mirrors a list hosted elsewhere) gets no delivery job: nobody to plan,
+                        // sign or send for, and no worker pass per commit to remove the job
+                        // again. The digest entry is kept either way: a digest member who joins
+                        // later gets the posts waiting since the last digest, as on any list.
+                        // (Membership is read once per batch, outside the transaction: a
+                        // subscription committing meanwhile, in the same second as the post,
+                        // misses it; the worker would not have sent it to a member who joined
+                        // after the post either.)
+                        let receivers = match has_members.get(&target.list) {
+                            Some(v) => *v,
+                            None => {
+                                let v = t
+                                    .members
+                                    .scan_prefix(target.list.0.to_be_bytes())
+                                    .next()
+                                    .transpose()?
+                                    .is_some();
+                                has_members.insert(target.list, v);
+                                v
+                            }
                         };
-                        fanout.insert(&id.to_be_bytes(), json(&job));
+                        if receivers {
+                            let id = ctx.db.generate_id()? + 1;
+                            let job = FanoutJob {
+                                id,
+                                list: target.list,
+                                what: JobKind::Post {
+                                    key,
+                                    author: author.clone(),
+                                },
+                                created: req.received_at,
+                                cursor: None,
+                                walked: false,
+                                delivered: 0,
+                            };
+                            fanout.insert(&id.to_be_bytes(), json(&job));
+                            queued_work = true;
+                        }
                         digest.insert(&key.to_bytes(), &req.received_at.to_be_bytes());
-                        queued_work = true;
                     }
                     outcomes.push(TargetOutcome::Archived(key));
                 }
