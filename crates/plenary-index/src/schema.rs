@@ -5,7 +5,8 @@
 //! Chinese, plain folding otherwise). A message goes into the pair of its list's language;
 //! a search scoped to one list reads that pair, a site-wide search reads them all.
 
-use crate::stem::{Algorithm as Stem, CachedStemmer};
+use crate::stem::CachedStemmer;
+use frostem::Algorithm as Stem;
 use plenary_core::list::Language;
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING, TEXT,

@@ -20,40 +20,14 @@ const MAX_WORDS: usize = 8 * 1024;
 /// Longest word worth remembering (longer ones are rare and would only crowd the map).
 const MAX_WORD_LEN: usize = 24;
 
-/// The Snowball algorithms Plenary's languages use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    English,
-    French,
-    Spanish,
-    Portuguese,
-    Russian,
-    Arabic,
-    German,
-}
-
-impl Algorithm {
-    fn frostem(self) -> frostem::Algorithm {
-        match self {
-            Algorithm::English => frostem::Algorithm::English,
-            Algorithm::French => frostem::Algorithm::French,
-            Algorithm::Spanish => frostem::Algorithm::Spanish,
-            Algorithm::Portuguese => frostem::Algorithm::Portuguese,
-            Algorithm::Russian => frostem::Algorithm::Russian,
-            Algorithm::Arabic => frostem::Algorithm::Arabic,
-            Algorithm::German => frostem::Algorithm::German,
-        }
-    }
-}
-
 /// The token filter: stems each token, through a cache.
 #[derive(Clone)]
 pub struct CachedStemmer {
-    algorithm: Algorithm,
+    algorithm: frostem::Algorithm,
 }
 
 impl CachedStemmer {
-    pub fn new(algorithm: Algorithm) -> CachedStemmer {
+    pub fn new(algorithm: frostem::Algorithm) -> CachedStemmer {
         CachedStemmer { algorithm }
     }
 }
@@ -63,7 +37,7 @@ impl TokenFilter for CachedStemmer {
 
     fn transform<T: Tokenizer>(self, tokenizer: T) -> CachedStemmerFilter<T> {
         CachedStemmerFilter {
-            stemmer: frostem::Stemmer::new(self.algorithm.frostem()),
+            stemmer: frostem::Stemmer::new(self.algorithm),
             cache: HashMap::new(),
             inner: tokenizer,
         }
@@ -159,13 +133,13 @@ mod tests {
     #[test]
     fn gives_the_terms_of_tantivys_stemmer() {
         let samples = [
-            (Algorithm::English, Language::English, "Running runners ran; the meetings were organised and organizing continues. Generously, generalities generalize."),
-            (Algorithm::French, Language::French, "Les gouvernements continuent à gouverner; la continuité des décisions était décidée."),
-            (Algorithm::Spanish, Language::Spanish, "Los gobiernos continúan gobernando; las decisiones fueron decididas rápidamente."),
-            (Algorithm::Portuguese, Language::Portuguese, "Os governos continuam governando; as decisões foram decididas rapidamente."),
-            (Algorithm::Russian, Language::Russian, "Правительства продолжают управлять; решения были приняты быстро и решительно."),
-            (Algorithm::Arabic, Language::Arabic, "الحكومة والحكومات تواصل الحكم والقرارات اتخذت بسرعة"),
-            (Algorithm::German, Language::German, "Die Regierungen regieren weiter; Entscheidungen wurden schnell entschieden."),
+            (frostem::Algorithm::English, Language::English, "Running runners ran; the meetings were organised and organizing continues. Generously, generalities generalize."),
+            (frostem::Algorithm::French, Language::French, "Les gouvernements continuent à gouverner; la continuité des décisions était décidée."),
+            (frostem::Algorithm::Spanish, Language::Spanish, "Los gobiernos continúan gobernando; las decisiones fueron decididas rápidamente."),
+            (frostem::Algorithm::Portuguese, Language::Portuguese, "Os governos continuam governando; as decisões foram decididas rapidamente."),
+            (frostem::Algorithm::Russian, Language::Russian, "Правительства продолжают управлять; решения были приняты быстро и решительно."),
+            (frostem::Algorithm::Arabic, Language::Arabic, "الحكومة والحكومات تواصل الحكم والقرارات اتخذت بسرعة"),
+            (frostem::Algorithm::German, Language::German, "Die Regierungen regieren weiter; Entscheidungen wurden schnell entschieden."),
         ];
         for (ours, theirs, text) in samples {
             // More distinct words (numbered, two per round) than the cache holds, so it
@@ -209,7 +183,7 @@ mod tests {
     fn changes_words_and_keeps_stems() {
         let mut a = TextAnalyzer::builder(SimpleTokenizer::default())
             .filter(LowerCaser)
-            .filter(CachedStemmer::new(Algorithm::English))
+            .filter(CachedStemmer::new(frostem::Algorithm::English))
             .build();
         let got: Vec<String> = tokens(&mut a, "meetings meeting meetings run")
             .into_iter()
