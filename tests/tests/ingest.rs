@@ -361,6 +361,56 @@ fn bad_config_names_every_bad_key() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
+/// A start-up error is one clear message and a failed exit, never a panic: a port in use
+/// (found before anything starts) and an admin socket that cannot be made (found after the
+/// indexer thread started, which must then be stopped cleanly).
+#[test]
+fn start_up_errors_are_reported_without_a_panic() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to occupy");
+    let port = busy.local_addr().expect("local addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            format!("[smtp]\nlisten = \"127.0.0.1:{port}\"\n[web]\nlisten = \"127.0.0.1:0\"\n"),
+            "cannot listen for SMTP on 127.0.0.1:",
+        ),
+        (
+            format!(
+                "[smtp]\nlisten = \"127.0.0.1:0\"\n[web]\nlisten = \"127.0.0.1:0\"\n[admin]\nsocket = \"{}\"\n",
+                dir.path().join("no/such/dir/admin.sock").display()
+            ),
+            "cannot create the admin socket",
+        ),
+    ];
+    for (i, (extra, want)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("c{i}.toml"));
+        let data = dir.path().join(format!("data{i}"));
+        std::fs::write(
+            &cfg,
+            format!("[data]\ndir = \"{}\"\nmin_free_mb = 0\n{extra}", data.display()),
+        )
+        .expect("write config");
+        let out = std::process::Command::new(plenary_e2e::binary())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .output()
+            .expect("run plenary serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i}: serve must fail; stderr:\n{err}");
+        assert!(err.contains(want), "case {i}: want {want:?} in stderr:\n{err}");
+        assert!(
+            !err.contains("panicked"),
+            "case {i}: a start-up error must not panic:\n{err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("plenary: listening"),
+            "case {i}: a daemon that failed to start must not say it is listening"
+        );
+    }
+    drop(busy);
+}
+
 /// A post to an open list with no members is archived and leaves no delivery job: none is
 /// made (the ingest benchmark's case; the store's unit test checks that a member brings it).
 #[test]

@@ -7,6 +7,7 @@ use plenary_core::{ListId, MessageKey};
 use plenary_redact::Policy;
 use plenary_store::Store;
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -232,15 +233,13 @@ impl Indexer {
 
     /// Run until `stop` is set: wait for work, gather for `commit_delay`, index, repeat.
     /// Runs on its own thread (with a large stack, as defence in depth for the parsers).
-    pub fn run(mut self, stop: Arc<AtomicBool>, wake: Arc<tokio::sync::Notify>, rt: tokio::runtime::Handle) {
+    /// Needs no async runtime: it may outlive one (a daemon that fails to start after
+    /// spawning it stops it from a destructor).
+    pub fn run(mut self, stop: Arc<AtomicBool>, wake: Arc<tokio::sync::Notify>) {
         let mut last_error: Option<Instant> = None;
         let mut last_work = Instant::now();
         // Waits are short and check `stop`, so shutdown never waits for a whole commit delay.
-        let wait = |d: Duration| {
-            rt.block_on(async {
-                let _ = tokio::time::timeout(d, wake.notified()).await;
-            })
-        };
+        let wait = |d: Duration| wait_notified(&wake, d);
         while !stop.load(Ordering::SeqCst) {
             if self.store.index_pending_len() == 0 {
                 if self.writer.is_some() && last_work.elapsed() > IDLE_DROP {
@@ -290,6 +289,34 @@ impl Indexer {
 /// How long the indexer keeps its writer without work.
 const IDLE_DROP: Duration = Duration::from_secs(5);
 
+/// Wait until `notify` is notified (a stored permit counts) or `timeout` passes, blocking
+/// this thread. Polls the `Notified` future with a waker that unparks the thread, so it
+/// works with or without a tokio runtime: an earlier version used `Handle::block_on` with
+/// tokio's timer, which panics once the runtime is shutting down.
+fn wait_notified(notify: &tokio::sync::Notify, timeout: Duration) {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut notified = std::pin::pin!(notify.notified());
+    loop {
+        if notified.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        // Spurious wake-ups just poll again.
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +325,40 @@ mod tests {
     use plenary_core::{ListAddress, MessageMeta, Origin};
 
     use plenary_store::{IngestRequest, StoreSettings};
+
+    /// The indexer's wait needs no runtime: it returns at once on a stored permit, early when
+    /// notified from another thread, and at the timeout otherwise.
+    #[test]
+    fn wait_notified_works_without_a_runtime() {
+        let n = Arc::new(tokio::sync::Notify::new());
+        n.notify_one();
+        let t = Instant::now();
+        wait_notified(&n, Duration::from_secs(30));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a stored permit must end the wait"
+        );
+
+        let t = Instant::now();
+        wait_notified(&n, Duration::from_millis(200));
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "no permit: wait until the timeout"
+        );
+
+        let n2 = n.clone();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            n2.notify_one();
+        });
+        let t = Instant::now();
+        wait_notified(&n, Duration::from_secs(30));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a notification from another thread must end the wait"
+        );
+        waker.join().expect("the notifying thread ends");
+    }
 
     async fn put(store: &Store, list: ListId, raw: &str) {
         let meta = MessageMeta::extract(

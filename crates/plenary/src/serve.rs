@@ -1,8 +1,9 @@
 //! `plenary serve`: every part in one process and one tokio runtime.
 //!
-//! Start-up order: open the store (taking sled's lock), seed the demo if asked, open the
-//! search index (re-queueing the store if the index is new, of another schema, or out of
-//! step), start the indexer thread, bind SMTP/LMTP/web, start the admin socket. Shutdown
+//! Start-up order: open the store (taking sled's lock), bind SMTP/LMTP/web (a port in use
+//! fails here, before anything runs), seed the demo if asked, open the search index
+//! (re-queueing the store if the index is new, of another schema, or out of step), start
+//! the indexer thread, start serving, start the admin socket. Shutdown
 //! (SIGINT/SIGTERM): stop accepting, let sessions reach a safe point (421), let the web
 //! server drain, commit the index batch in hand, flush the store.
 
@@ -62,6 +63,24 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let store = Store::open(config.store.clone()).context("cannot open the store")?;
+    // Bind before anything starts (indexer, workers), so a port in use fails fast and
+    // cleanly; after the store, so a second daemon on the same data is told that instead.
+    let smtp = TcpListener::bind(config.smtp_listen)
+        .await
+        .with_context(|| format!("cannot listen for SMTP on {}", config.smtp_listen))?;
+    let smtp_addr = smtp.local_addr()?;
+    let lmtp = match config.lmtp_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen for LMTP on {a}"))?,
+        ),
+        None => None,
+    };
+    let web = TcpListener::bind(config.web_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
+    let web_addr = web.local_addr()?;
     if demo {
         crate::demo::seed(&store, &config)
             .await
@@ -80,19 +99,9 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             .context("cannot queue messages for indexing")?;
         tracing::info!(messages = n, "building the search index from the store");
     }
-    let stop_indexer = Arc::new(AtomicBool::new(false));
     let indexer =
         Indexer::new(store.clone(), search.clone(), config.indexer.clone()).context("cannot start the indexer")?;
-    let indexer_thread = {
-        let stop = stop_indexer.clone();
-        let wake = store.index_notify();
-        let handle = tokio::runtime::Handle::current();
-        std::thread::Builder::new()
-            .name("plenary-index".into())
-            .stack_size(64 * 1024 * 1024)
-            .spawn(move || indexer.run(stop, wake, handle))
-            .context("cannot start the indexer thread")?
-    };
+    let indexer_thread = IndexerThread::start(indexer, &store)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let engine = plenary_list::Engine::new(store.clone(), config.engine.clone());
@@ -142,22 +151,6 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         store: store.clone(),
         shutdown: shutdown_rx.clone(),
     });
-    let smtp = TcpListener::bind(config.smtp_listen)
-        .await
-        .with_context(|| format!("cannot listen for SMTP on {}", config.smtp_listen))?;
-    let smtp_addr = smtp.local_addr()?;
-    let lmtp = match config.lmtp_listen {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen for LMTP on {a}"))?,
-        ),
-        None => None,
-    };
-    let web = TcpListener::bind(config.web_listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
-    let web_addr = web.local_addr()?;
     let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let threads = plenary_web::ThreadCache::new(store.clone()).map_err(|e| anyhow::anyhow!("thread views: {e}"))?;
     let state = Arc::new(AppState {
@@ -239,11 +232,58 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     let _ = engine_task.await;
     let _ = fanout_task.await;
     admin_task.abort();
-    stop_indexer.store(true, Ordering::SeqCst);
-    store.index_notify().notify_one();
-    let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || indexer_thread.stop()).await;
     store.close().context("final flush of the store failed")?;
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The indexer's thread, stopped (after committing the batch in hand) by [`IndexerThread::stop`]
+/// or, on an early return from [`run`] (a start-up error after it began), by its destructor.
+struct IndexerThread {
+    stop: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IndexerThread {
+    fn start(indexer: Indexer, store: &Store) -> anyhow::Result<IndexerThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = store.index_notify();
+        let thread = {
+            let (stop, wake) = (stop.clone(), wake.clone());
+            std::thread::Builder::new()
+                .name("plenary-index".into())
+                .stack_size(64 * 1024 * 1024)
+                .spawn(move || indexer.run(stop, wake))
+                .context("cannot start the indexer thread")?
+        };
+        Ok(IndexerThread {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ask the thread to stop and wait for it (blocking).
+    fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            self.wake.notify_one();
+            if t.join().is_err() {
+                tracing::error!("the indexer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for IndexerThread {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
