@@ -77,6 +77,19 @@ impl DkimKey {
         })
     }
 
+    /// The same key (shared, not read again) with its own signing contexts: the ARC sealer
+    /// signs with the DKIM RSA key, and reading the file twice could give two different keys
+    /// if it was replaced in between.
+    pub fn share(&self) -> DkimKey {
+        DkimKey {
+            domain: self.domain.clone(),
+            selector: self.selector.clone(),
+            key: self.key.clone(),
+            ed25519: self.ed25519,
+            contexts: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     fn algorithm(&self) -> &'static str {
         if self.ed25519 {
             "ed25519-sha256"

@@ -121,10 +121,11 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     if keys.is_empty() {
         tracing::warn!("no DKIM key configured: list mail goes out unsigned (set dkim.rsa_key)");
     }
-    let arc = match (&config.arc, &config.dkim.rsa_key) {
-        (a, Some(path)) if a.enabled => {
-            let key = plenary_fanout::dkim::DkimKey::load(path, &config.dkim.selector, config.dkim.domain.clone())
-                .context("cannot load the DKIM key for ARC")?;
+    // The RSA key, when configured, is the first one loaded above.
+    let rsa_key = config.dkim.rsa_key.as_ref().and_then(|_| keys.first());
+    let arc = match (&config.arc, rsa_key) {
+        (a, Some(key)) if a.enabled => {
+            let key = key.share();
             Some(
                 plenary_fanout::arc::Sealer::new(
                     key,
