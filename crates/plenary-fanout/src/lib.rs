@@ -792,3 +792,111 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plenary_core::list::JoinedVia;
+    use plenary_core::meta::Fallback;
+    use plenary_core::{ListAddress, MessageMeta, Origin, RecipientKind};
+    use plenary_store::{IngestRequest, IngestTarget, PostHandling, StoreSettings, TargetOutcome};
+
+    fn member(address: &str) -> Member {
+        Member {
+            address: MemberAddress::parse(address).expect("valid address"),
+            name: String::new(),
+            delivery: Delivery::Each,
+            receive_own: true,
+            moderated: false,
+            joined_at: 1_800_000_000,
+            joined_via: JoinedVia::Cli,
+            unsub_token: "t".repeat(26),
+            bounce_score: 0,
+            last_bounce: 0,
+            disabled: None,
+        }
+    }
+
+    async fn post(store: &Store, list: plenary_core::ListId, id: &str) {
+        let raw = format!("From: a@b.org\r\nMessage-ID: <{id}@x>\r\nSubject: s\r\n\r\nbody\r\n").into_bytes();
+        let req = IngestRequest {
+            meta: MessageMeta::extract(
+                &raw,
+                Fallback {
+                    envelope_date: None,
+                    received_at: 1_800_000_000,
+                },
+            ),
+            raw,
+            origin: Origin::Smtp,
+            envelope_from: "a@b.org".into(),
+            targets: vec![IngestTarget {
+                list,
+                kind: RecipientKind::Post,
+            }],
+            received_at: 1_800_000_000,
+            handling: PostHandling::Approved,
+        };
+        let out = store.ingest(req).await.expect("ingest");
+        assert!(matches!(out[0], TargetOutcome::Archived(_)), "{out:?}");
+    }
+
+    /// A post whose list had members when it was accepted, and none when the worker gets to
+    /// it (everyone left), is dropped unsent in the worker's pass; a post to a list that still
+    /// has a member is not (its delivery is attempted, here against a relay that is down).
+    #[tokio::test]
+    async fn jobs_of_lists_whose_members_all_left_are_dropped_unsent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = StoreSettings::new(dir.path());
+        settings.min_free_bytes = 0;
+        let store = Store::open(settings).expect("open store");
+        let left = store
+            .create_list(&ListAddress::parse("left@x.org").expect("addr"), "Left", "")
+            .expect("create");
+        let kept = store
+            .create_list(&ListAddress::parse("kept@x.org").expect("addr"), "Kept", "")
+            .expect("create");
+        store
+            .apply(vec![
+                Write::PutMember(left.id, member("ana@example.net")),
+                Write::PutMember(kept.id, member("bo@example.net")),
+            ])
+            .expect("members");
+        post(&store, left.id, "to-left").await;
+        post(&store, kept.id, "to-kept").await;
+        let jobs = store.jobs().expect("jobs");
+        assert_eq!(jobs.len(), 2, "one job per post while both lists have a member");
+        store
+            .apply(vec![Write::RemoveMember(
+                left.id,
+                MemberAddress::parse("ana@example.net").expect("valid"),
+            )])
+            .expect("remove member");
+
+        // A relay that refuses connections: any attempted copy becomes a retry.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let fanout = FanoutSettings {
+            relay_port: port,
+            dns_servers: vec!["127.0.0.1:9".parse().expect("socket addr")],
+            dns_timeout: Duration::from_millis(100),
+            ..FanoutSettings::default()
+        };
+        let engine = Engine::new(store.clone(), Default::default());
+        let worker = Arc::new(Worker::new(store.clone(), engine, fanout, Vec::new(), None).expect("worker"));
+        let mut plans = HashMap::new();
+        let (sent, _) = worker.step(&mut plans).await.expect("step");
+        assert_eq!(sent, 1, "one copy attempted: the remaining member's");
+
+        let jobs = store.jobs().expect("jobs");
+        assert_eq!(jobs.len(), 1, "the memberless list's job is gone: {jobs:?}");
+        assert_eq!(jobs[0].list, kept.id, "the job left is the one with a member");
+        let retries = store.retries().expect("retries");
+        assert!(
+            retries.iter().all(|r| r.rcpt.as_str() == "bo@example.net"),
+            "only the remaining member was attempted: {retries:?}"
+        );
+    }
+}
