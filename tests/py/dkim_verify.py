@@ -1,7 +1,9 @@
 """Verify the DKIM signatures of captured messages with dkimpy (an independent verifier).
 
 usage: dkim_verify.py MESSAGES.jsonl SELECTOR DOMAIN PUBKEY_B64 [ED25519_PUBKEY_B64]
-Prints "verified N" or exits 1 naming the first message that fails.
+Prints "verified N ed25519 E unsigned U" or exits 1 naming the first message that fails.
+Every message Plenary sends is meant to be signed: an unsigned one is counted (U), and the
+caller decides (the delivery tests require U == 0 when keys are configured).
 """
 import base64, json, sys
 import dkim
@@ -21,11 +23,13 @@ def dnsfunc(name, timeout=5):
 
 n = 0
 ed = 0
+unsigned = []
 with open(path) as f:
     for line in f:
         m = json.loads(line)
         data = m["data"].encode("latin-1")
         if b"DKIM-Signature:" not in data.split(b"\r\n\r\n", 1)[0]:
+            unsigned.append(m["rcpts"])
             continue
         d = dkim.DKIM(data)
         sigs = [i for i, (k, _) in enumerate(d.headers) if k.lower() == b"dkim-signature"]
@@ -36,4 +40,6 @@ with open(path) as f:
             if b"ed25519-sha256" in d.headers[hi][1]:
                 ed += 1
         n += 1
-print(f"verified {n} ed25519 {ed}")
+print(f"verified {n} ed25519 {ed} unsigned {len(unsigned)}")
+for rcpts in unsigned:
+    print(f"unsigned: message to {rcpts}", file=sys.stderr)

@@ -19,10 +19,19 @@ pub fn workspace() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// `../shared/corpora` beside the repository, if present.
+/// `../shared/corpora` beside the repository, if present. Under CI (`CI` set) the corpora
+/// must be there: a missing corpus fails the test instead of skipping it.
 pub fn corpora() -> Option<PathBuf> {
-    let p = workspace().parent()?.join("shared/corpora");
-    p.is_dir().then_some(p)
+    let p = workspace().parent().map(|w| w.join("shared/corpora"));
+    match p {
+        Some(p) if p.is_dir() => Some(p),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!("../shared/corpora is missing, and CI must run the corpus tests");
+            }
+            None
+        }
+    }
 }
 
 /// Path of the built `plenary` binary.

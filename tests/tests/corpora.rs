@@ -83,6 +83,11 @@ fn import_and_check(dir: &Path, paths: &[PathBuf]) -> Daemon {
         let (status, page) = d.get(&format!("/lists/{LIST}/m/{}/", urlencode(child)));
         assert_eq!(status, 200, "{child}");
         assert!(page.contains("In reply to"), "{child} must link its parent");
+        let parent_url = urlencode(parent);
+        assert!(
+            page.contains(&parent_url) || page.contains(&parent_url.replace("%2F", "&#x2f;")),
+            "the page of {child} must link its parent {parent}"
+        );
         let (status, thread) = d.get(&format!("/lists/{LIST}/t/{}/", urlencode(parent)));
         assert_eq!(status, 200);
         assert!(
@@ -260,5 +265,10 @@ fn hard_message_corpora_import_and_render() {
     }
     eprintln!("rendered {rendered} messages (3 pages each); slowest page {slowest:?}");
     assert_eq!(rendered as u64, imported);
+    // Most of these files are messages: a run that rejects them wholesale shows nothing.
+    assert!(
+        imported > 0 && rejected * 10 <= read,
+        "imported {imported}, rejected {rejected} of {read}"
+    );
     assert_eq!(d.get("/healthz").0, 200);
 }

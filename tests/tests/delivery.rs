@@ -67,7 +67,15 @@ fn verify_dkim(e: &Env) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // "verified N ed25519 E unsigned U": with keys configured, every message must be signed.
+    let counts: Vec<u64> = v.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(
+        counts.len() == 3 && counts[0] > 0 && counts[2] == 0,
+        "every captured message must be signed and verify: {v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
 }
 
 fn post(from: &str, id: &str, subject: &str, body: &str) -> String {
@@ -160,6 +168,30 @@ fn members_get_one_signed_copy_each_with_list_headers_and_digests_go_to_digest_m
             m.header("List-Unsubscribe-Post").as_deref(),
             Some("List-Unsubscribe=One-Click")
         );
+        // The signature covers the List-* headers (RFC 8058 §4 asks it of the one-click
+        // pair); dkimpy checks that it verifies, this checks what it covers.
+        let sig = m.header("DKIM-Signature").expect("DKIM-Signature");
+        let h: Vec<String> = sig
+            .split(';')
+            .map(|t| t.split_whitespace().collect::<String>())
+            .find_map(|t| t.strip_prefix("h=").map(str::to_ascii_lowercase))
+            .expect("h= tag")
+            .split(':')
+            .map(str::to_string)
+            .collect();
+        for want in [
+            "from",
+            "list-id",
+            "list-post",
+            "list-help",
+            "list-subscribe",
+            "list-unsubscribe",
+            "list-unsubscribe-post",
+            "list-owner",
+            "list-archive",
+        ] {
+            assert!(h.iter().any(|x| x == want), "h= must cover {want}: {sig}");
+        }
         assert_eq!(
             m.header("Message-ID").as_deref(),
             Some("<p1@example.net>"),
@@ -177,7 +209,7 @@ fn members_get_one_signed_copy_each_with_list_headers_and_digests_go_to_digest_m
     let v = verify_dkim(&e);
     let counts: Vec<u64> = v.split_whitespace().filter_map(|w| w.parse().ok()).collect();
     assert!(
-        counts.len() == 2 && counts[0] >= 2 && counts[1] >= 2,
+        counts.len() == 3 && counts[0] >= 2 && counts[1] >= 2,
         "RSA and Ed25519 signatures verified: {v}"
     );
 
@@ -204,7 +236,8 @@ fn members_get_one_signed_copy_each_with_list_headers_and_digests_go_to_digest_m
 
 #[test]
 fn join_by_mail_and_by_web_form_with_double_opt_in_and_one_click_leave() {
-    let e = env("");
+    // new@ asks for four confirmations below; the default limit is three an hour.
+    let e = env("[list]\nconfirm_per_address = 10\n");
     // By e-mail: LIST-join@, then a reply to the confirmation.
     let r = send_from(
         e.d.smtp,
@@ -240,6 +273,47 @@ fn join_by_mail_and_by_web_form_with_double_opt_in_and_one_click_leave() {
     assert!(member_csv(&e)
         .lines()
         .any(|l| l.starts_with("new@example.net,") && l.contains(",email,")));
+
+    // Leaving and joining again by the other command addresses: LIST-leave@, then
+    // LIST-request@ with "subscribe" and "unsubscribe" commands; each asks for a confirming
+    // reply, and nothing changes before it.
+    let round_trip = |to: &str, subject: &str, body: &str, member_after: bool| {
+        let before = e.relay.to("new@example.net").len();
+        let r = send_from(
+            e.d.smtp,
+            "new@example.net",
+            to,
+            &format!("From: new@example.net\r\nSubject: {subject}\r\n\r\n{body}\r\n"),
+        );
+        assert!(r.starts_with("250"), "{to}: {r}");
+        e.relay.wait_for("a confirmation request", 30, |_| {
+            e.relay.to("new@example.net").len() > before
+        });
+        let conf = e.relay.to("new@example.net").pop().expect("the newest mail to new@");
+        assert!(
+            conf.header("Subject").is_some_and(|s| s.contains("Confirm")),
+            "{}",
+            conf.data
+        );
+        assert_eq!(
+            member_csv(&e).contains("new@example.net"),
+            !member_after,
+            "{to} {subject}: nothing changes before the confirmation"
+        );
+        let tok = token_of(&conf);
+        let r = send_from(
+            e.d.smtp,
+            "new@example.net",
+            &format!("gov-confirm+{tok}@lists.example.org"),
+            "From: new@example.net\r\nSubject: Re: confirm\r\n\r\nyes\r\n",
+        );
+        assert!(r.starts_with("250"), "{r}");
+        wait_member(&e, "new@example.net", member_after);
+    };
+    round_trip("gov-leave@lists.example.org", "leave", "please remove me", false);
+    round_trip("gov-request@lists.example.org", "subscribe", "", true);
+    // A command in the body, under a subject that is none.
+    round_trip("gov-request@lists.example.org", "list admin", "unsubscribe", false);
 
     // By the web form: GET sets the CSRF cookie; a POST without it is refused.
     let (status, head, body) = http_get_full(e.d.web, "/lists/gov@lists.example.org/");
@@ -479,6 +553,70 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
         "no reply to auto-submitted mail (RFC 3834)"
     );
 
+    // Discard sent nothing to the stranger (no backscatter): the only mail they ever got is
+    // the rejection with its reason.
+    let to_stranger = e.relay.to("stranger@example.com");
+    assert_eq!(to_stranger.len(), 1, "only the rejection notice reaches the stranger");
+    assert!(to_stranger[0].data.contains("off topic"));
+
+    // Moderated: a member's post is held too; approved from the CLI it goes out, discarded
+    // from the CLI it goes nowhere (and its author is not told).
+    e.d.cli_ok(&["list", "set", LIST, "posting=moderated"]);
+    let held_id = |subject: &str| -> String {
+        for _ in 0..100 {
+            let ls = e.d.cli_ok(&["moderate", "ls"]);
+            if let Some(line) = ls.lines().find(|l| l.contains(subject)) {
+                return line.split('\t').next().unwrap_or_default().trim().to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{subject:?} is not in the moderation queue");
+    };
+    let r = send_from(
+        e.d.smtp,
+        "ana@example.net",
+        LIST,
+        &post("ana@example.net", "m1@example.net", "Moderated one", "x"),
+    );
+    assert!(r.starts_with("250") && r.contains("held"), "{r}");
+    let r = send_from(
+        e.d.smtp,
+        "ana@example.net",
+        LIST,
+        &post("ana@example.net", "m2@example.net", "Moderated two", "x"),
+    );
+    assert!(r.starts_with("250") && r.contains("held"), "{r}");
+    let (m1, m2) = (held_id("Moderated one"), held_id("Moderated two"));
+    let out = e.d.cli_ok(&["moderate", "approve", &m1]);
+    assert!(out.contains("approved"), "{out}");
+    let out = e.d.cli_ok(&["moderate", "discard", &m2]);
+    assert!(out.contains("discarded"), "{out}");
+    e.relay.wait_for("moderated post approved from the CLI", 30, |m| {
+        m.iter()
+            .any(|x| x.rcpts.contains(&"owner@example.org".to_string()) && x.data.contains("m1@example.net"))
+    });
+    // Open: a non-member's post goes straight out.
+    e.d.cli_ok(&["list", "set", LIST, "posting=open"]);
+    let r = send_from(
+        e.d.smtp,
+        "stranger@example.com",
+        LIST,
+        &post("stranger@example.com", "o2@example.com", "Open door", "x"),
+    );
+    assert!(r.starts_with("250") && !r.contains("held"), "{r}");
+    e.relay.wait_for("non-member post on an open list", 30, |m| {
+        m.iter()
+            .any(|x| x.rcpts.contains(&"ana@example.net".to_string()) && x.data.contains("o2@example.com"))
+    });
+    assert!(
+        !e.relay.messages().iter().any(|x| x.data.contains("m2@example.net")),
+        "a discarded post is delivered to nobody"
+    );
+    assert_eq!(e.relay.to("stranger@example.com").len(), 1, "discard tells nobody");
+    let log = e.d.cli_ok(&["moderate", "log", LIST]);
+    assert!(log.contains("cli\tapprove\tm1@example.net"), "{log}");
+    assert!(log.contains("cli\tdiscard\tm2@example.net"), "{log}");
+
     // A DSN to ana's VERP address raises ana's bounce score, not anyone else's; with a
     // threshold of 1 it disables delivery and tells ana and the owner.
     e.d.cli_ok(&["list", "set", LIST, "bounce_threshold=1"]);
@@ -505,10 +643,55 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
             .any(|l| l.starts_with("owner@example.org,") && l.contains(",0.0,")),
         "{csv}"
     );
+    let ana_row = csv
+        .lines()
+        .find(|l| l.starts_with("ana@example.net,"))
+        .unwrap_or_default();
+    assert!(
+        !ana_row.ends_with(','),
+        "past the threshold, delivery to ana is disabled (last column): {ana_row}"
+    );
+    e.relay.wait_for("the bounce notices to ana and the owner", 30, |m| {
+        m.iter().any(|x| {
+            x.rcpts.contains(&"ana@example.net".to_string()) && x.data.contains("delivery to you is now disabled")
+        }) && m.iter().any(|x| {
+            x.rcpts.contains(&"owner@example.org".to_string())
+                && x.data.contains("Delivery to ana@example.net was disabled")
+        })
+    });
+    // With delivery disabled, ana gets no more posts; the owner still does (the list is
+    // still open, so the stranger may post).
+    let r = send_from(
+        e.d.smtp,
+        "stranger@example.com",
+        LIST,
+        &post("stranger@example.com", "after-bounce@example.org", "After", "x"),
+    );
+    assert!(r.starts_with("250"), "{r}");
+    e.relay
+        .wait_for("the post after the bounce reaches the owner", 30, |m| {
+            m.iter().any(|x| {
+                x.rcpts.contains(&"owner@example.org".to_string()) && x.data.contains("after-bounce@example.org")
+            })
+        });
+    assert!(
+        !e.relay
+            .to("ana@example.net")
+            .iter()
+            .any(|x| x.data.contains("after-bounce@example.org")),
+        "a disabled member gets no posts"
+    );
+    assert!(
+        !e.relay
+            .messages()
+            .iter()
+            .any(|x| x.data.contains("Undelivered Mail Returned")),
+        "mail to the bounce address is never delivered"
+    );
     assert_eq!(
         e.d.count(LIST),
-        2,
-        "mail to the bounce address is never archived or delivered"
+        5,
+        "mail to the bounce address is never archived (archived: h1, a2, m1, o2 and the last post)"
     );
     verify_dkim(&e);
 }

@@ -185,6 +185,42 @@ fn only_list_addresses_are_accepted() {
     assert_eq!(d.count(LIST), 0);
 }
 
+/// 8BITMIME and SMTPUTF8 are used, not just advertised: an 8-bit UTF-8 body and a UTF-8
+/// envelope sender (RFC 6531) are accepted, stored byte for byte and shown as text.
+#[test]
+fn eight_bit_bodies_and_utf8_addresses_are_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    let mut c = Smtp::open(d.smtp);
+    let ehlo = c.cmd("EHLO t.test");
+    assert!(ehlo.contains("8BITMIME") && ehlo.contains("SMTPUTF8"), "{ehlo}");
+    let r = c.cmd("MAIL FROM:<ñandú@ejemplo.test> BODY=8BITMIME SMTPUTF8");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let msg = "From: Ñandú Pérez <ñandú@ejemplo.test>\r\nSubject: Reunión: año nuevo, 会议\r\nMessage-ID: <utf8-1@ejemplo.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nLa reunión del año: señal clara. 会议纪要见附件。\r\n.\r\n";
+    c.send(msg.as_bytes());
+    let r = c.reply();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let (status, page) = d.get(&format!("/lists/{LIST}/m/utf8-1@ejemplo.test/"));
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("La reunión del año: señal clara. 会议纪要见附件。"),
+        "{page}"
+    );
+    assert!(page.contains("Reunión: año nuevo, 会议"), "{page}");
+    assert!(page.contains("Ñandú Pérez"), "{page}");
+    let (status, raw) = d.get(&format!("/lists/{LIST}/m/utf8-1@ejemplo.test/raw"));
+    assert_eq!(status, 200);
+    assert!(
+        raw.contains("La reunión del año: señal clara. 会议纪要见附件。"),
+        "8-bit body kept: {raw}"
+    );
+    let hits = d.wait_search("señal", 1);
+    assert!(hits.to_string().contains("utf8-1@ejemplo.test"), "{hits}");
+}
+
 #[test]
 fn same_message_id_twice_is_stored_once_and_no_archive_is_hidden() {
     let dir = tempfile::tempdir().expect("tempdir");

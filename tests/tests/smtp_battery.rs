@@ -475,3 +475,80 @@ print("ok")
     plenary_e2e::python(&script);
     assert_eq!(d.count(LIST), 1);
 }
+
+/// The limits take their configured values, not just their defaults: recipients per
+/// message, DATA line length and the daemon-wide connection cap (below the per-IP one).
+#[test]
+fn configured_limits_take_effect() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(
+        dir.path(),
+        "max_recipients = 3\nmax_line_length = 200\nmax_connections = 4\nmax_connections_per_ip = 10",
+    );
+    let others = ["b@lists.example.org", "c@lists.example.org", "d@lists.example.org"];
+    for l in others {
+        d.create_list(l);
+    }
+    let start = |d: &Daemon| {
+        let mut c = Smtp::open(d.smtp);
+        assert!(c.cmd("EHLO t.test").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@t.test>").starts_with("250"));
+        c
+    };
+    // Recipients: the fourth is refused with 452 4.5.3 (RFC 5321 §4.5.3.1.10); the
+    // message still goes to the three accepted.
+    let mut c = start(&d);
+    let replies: Vec<String> = [LIST, others[0], others[1], others[2]]
+        .iter()
+        .map(|r| c.cmd(&format!("RCPT TO:<{r}>")))
+        .collect();
+    assert!(replies[..3].iter().all(|r| r.starts_with("250")), "{replies:?}");
+    assert!(replies[3].starts_with("452 4.5.3"), "{replies:?}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Message-ID: <three@x>\r\nSubject: three\r\n\r\nok\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    drop(c);
+    assert_eq!(
+        (d.count(others[1]), d.count(others[2])),
+        (1, 0),
+        "stored for the accepted recipients only"
+    );
+    // Line length: a 199-byte line (with CRLF) passes, a 302-byte one is refused, and
+    // nothing of that message is stored.
+    let mut c = start(&d);
+    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let ok_line = "a".repeat(197);
+    c.send(format!("Message-ID: <short@x>\r\n\r\n{ok_line}\r\n.\r\n").as_bytes());
+    assert!(c.reply().starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@t.test>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{LIST}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let long_line = "b".repeat(300);
+    c.send(format!("Message-ID: <long@x>\r\n\r\n{long_line}\r\n.\r\n").as_bytes());
+    let r = c.reply();
+    assert!(r.starts_with("554 5.6.0") && r.contains("200"), "{r}");
+    drop(c);
+    assert_eq!(d.count(LIST), 2, "three@x and short@x, not long@x");
+    // Connections: four are served, the fifth is told 421 at once.
+    let mut conns: Vec<Smtp> = (0..4).map(|_| Smtp::connect(d.smtp)).collect();
+    for c in conns.iter_mut() {
+        assert!(c.reply().starts_with("220"));
+    }
+    let mut fifth = Smtp::connect(d.smtp);
+    let r = fifth.reply();
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    drop(conns);
+    drop(fifth);
+    // Capacity comes back once they close.
+    for _ in 0..50 {
+        let mut c = Smtp::connect(d.smtp);
+        if c.reply().starts_with("220") {
+            alive(&d);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the connection cap never freed up after the clients left");
+}

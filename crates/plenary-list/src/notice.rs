@@ -162,8 +162,11 @@ mod tests {
         });
         let head = raw.split("\r\n\r\n").next().unwrap_or_default();
         assert!(!head.lines().any(|l| l.starts_with("Bcc:")), "{head}");
-        assert!(!raw.contains("\n\r\n.\r\n") || raw.contains("\r\n.\r\n"));
+        // Every line ends in CRLF (no bare LF or CR that a relay could read as a line end);
+        // the lone "." stays a line of its own, for the relay client to dot-stuff.
         assert!(!raw.replace("\r\n", "").contains('\n'), "bare LF in {raw:?}");
+        assert!(!raw.replace("\r\n", "").contains('\r'), "bare CR in {raw:?}");
+        assert!(raw.ends_with("\r\nline\r\n.\r\nRCPT TO:<x@y>\r\n"), "{raw:?}");
     }
 
     #[test]

@@ -370,3 +370,50 @@ async fn digests_in_both_forms() {
     assert!(plain.contains("End of gov@lists.example.org digest, Vol 7"));
     assert!(!plain.replace("\r\n", "").contains('\n'), "CRLF only");
 }
+
+/// A confirmation token works within its lifetime and not after: the subscription it would
+/// have made does not happen, on the web page (describe) or by reply (confirm).
+#[tokio::test]
+async fn confirmation_tokens_expire() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = StoreSettings::new(dir.path());
+    s.min_free_bytes = 0;
+    let store = Store::open(s).expect("open store");
+    let address = ListAddress::parse("gov@lists.example.org").expect("valid");
+    let list = store.create_list(&address, "Gov", "").expect("create list");
+    let e = Engine::new(
+        store,
+        EngineSettings {
+            token_ttl: std::time::Duration::from_secs(1),
+            ..EngineSettings::default()
+        },
+    );
+    let ask = |who: &str| {
+        e.request_subscribe("gov@lists.example.org", who, "", Delivery::Each, JoinedVia::Web, None)
+            .expect("request")
+    };
+    assert_eq!(ask("late@example.net"), Requested::ConfirmationSent);
+    let late = token_in(&notices(&e)[0].1);
+    // Expiry is checked against whole seconds: wait past the next-but-one second.
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert!(matches!(e.describe_token(&late), Err(EngineError::BadToken)));
+    assert!(matches!(e.confirm(&late, None, "").await, Err(EngineError::BadToken)));
+    let who = MemberAddress::parse("late@example.net").expect("valid");
+    assert!(
+        e.store().member(list.id, &who).expect("read").is_none(),
+        "an expired token subscribes nobody"
+    );
+
+    // The same request made again gets a fresh token that works at once.
+    assert_eq!(ask("late@example.net"), Requested::ConfirmationSent);
+    let fresh = notices(&e)
+        .iter()
+        .map(|(_, raw)| token_in(raw))
+        .find(|t| *t != late)
+        .expect("a second confirmation");
+    assert_eq!(
+        e.confirm(&fresh, None, "").await.expect("confirm"),
+        Confirmed::Subscribed(who.clone())
+    );
+    assert!(e.store().member(list.id, &who).expect("read").is_some());
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything the ingress needs to know, resolved from the config file.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SmtpSettings {
     /// Our name in the greeting, EHLO reply and Received header.
     pub hostname: String,

@@ -102,6 +102,16 @@ pub(crate) struct CommitCtx {
     pub settings: StoreSettings,
     pub index_notify: Arc<tokio::sync::Notify>,
     pub work_notify: Arc<tokio::sync::Notify>,
+    /// Durable group commits made, and the ingest requests they carried.
+    pub stats: Arc<CommitStats>,
+}
+
+/// Counters of the committer's work (for tests and operators: the mean batch size says how
+/// much group commit is saving).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub requests: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct CommitterHandle {
@@ -227,6 +237,8 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
         );
         match result {
             Ok((outcomes, queued_for_index, queued_work)) => {
+                ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 for (job, out) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(Ok(out));
                 }

@@ -187,6 +187,7 @@ struct Inner {
     work_notify: Arc<tokio::sync::Notify>,
     /// When the rate-limit tree was last swept of expired keys (unix seconds).
     rate_swept: std::sync::atomic::AtomicI64,
+    commit_stats: Arc<commit::CommitStats>,
 }
 
 /// A handle on the store; clone it freely.
@@ -260,6 +261,7 @@ impl Store {
         let failed = Arc::new(AtomicBool::new(false));
         let index_notify = Arc::new(tokio::sync::Notify::new());
         let work_notify = Arc::new(tokio::sync::Notify::new());
+        let commit_stats = Arc::new(commit::CommitStats::default());
         let committer = commit::CommitterHandle::start(commit::CommitCtx {
             db: db.clone(),
             trees: trees.clone(),
@@ -271,6 +273,7 @@ impl Store {
             settings: settings.clone(),
             index_notify: index_notify.clone(),
             work_notify: work_notify.clone(),
+            stats: commit_stats.clone(),
         })?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -283,6 +286,7 @@ impl Store {
                 index_notify,
                 work_notify,
                 rate_swept: std::sync::atomic::AtomicI64::new(0),
+                commit_stats,
             }),
         })
     }
@@ -297,6 +301,12 @@ impl Store {
 
     pub fn settings(&self) -> &StoreSettings {
         &self.inner.settings
+    }
+
+    /// Durable group commits so far and the ingest requests they carried (since open).
+    pub fn commit_stats(&self) -> (u64, u64) {
+        let s = &self.inner.commit_stats;
+        (s.batches.load(Ordering::Relaxed), s.requests.load(Ordering::Relaxed))
     }
 
     /// True after an unrecoverable sled error; the process should exit and be restarted.

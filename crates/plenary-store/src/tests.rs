@@ -303,3 +303,38 @@ async fn a_post_to_a_list_nobody_receives_makes_no_delivery_job() {
     assert!(matches!(jobs[0].what, JobKind::Post { key: k, .. } if k == key));
     assert_eq!(store.digest_pending().expect("digest").len(), 2);
 }
+
+/// Group commit: requests that arrive while a commit is being made share the next one, so
+/// 64 concurrent posts take far fewer than 64 durable commits, and every one is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_posts_share_durable_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = store
+        .create_list(&ListAddress::parse("g@x.org").expect("addr"), "G", "")
+        .expect("create");
+    let (b0, r0) = store.commit_stats();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let raw = format!("From: a@b.org\r\nMessage-ID: <gc{i}@x>\r\nSubject: s{i}\r\n\r\nbody {i}\r\n");
+            store
+                .ingest(req(list.id, raw.as_bytes(), RecipientKind::Post))
+                .await
+                .expect("ingest")
+        });
+    }
+    while let Some(out) = tasks.join_next().await {
+        let out = out.expect("task");
+        assert!(matches!(out[0], TargetOutcome::Archived(_)), "{out:?}");
+    }
+    let (b1, r1) = store.commit_stats();
+    let (batches, requests) = (b1 - b0, r1 - r0);
+    assert_eq!(requests, 64, "every request went through a durable commit");
+    assert!(
+        batches < 32,
+        "64 concurrent posts took {batches} durable commits: no group commit"
+    );
+    assert_eq!(store.last_seq(list.id).expect("seq"), 64);
+}

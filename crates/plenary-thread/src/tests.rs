@@ -275,8 +275,12 @@ fn duplicate_message_ids_are_all_kept() {
 
 // ---- corpora ----------------------------------------------------------------------------
 
+/// The shared corpora, if present; under CI (`CI` set) a missing corpus fails the test.
 fn corpora() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora");
+    if !p.is_dir() && std::env::var_os("CI").is_some() {
+        panic!("{} is missing, and CI must run the corpus tests", p.display());
+    }
     p.is_dir().then_some(p)
 }
 

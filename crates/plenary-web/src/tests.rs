@@ -99,7 +99,22 @@ async fn pages_render_escaped_and_redacted() {
     for uri in &pages {
         let (status, headers, body) = get(&app, uri).await;
         assert_eq!(status, StatusCode::OK, "{uri}: {body}");
-        assert!(headers.get("content-security-policy").is_some(), "{uri} lacks CSP");
+        // Strict: nothing allowed by default, no scripts at all, no inline anything.
+        let csp = headers
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("{uri} lacks CSP"));
+        for must in [
+            "default-src 'none'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ] {
+            assert!(csp.contains(must), "{uri}: CSP {csp:?} lacks {must}");
+        }
+        for never in ["unsafe-inline", "unsafe-eval", "script-src", "*", "data:", "http:"] {
+            assert!(!csp.contains(never), "{uri}: CSP {csp:?} allows {never}");
+        }
         assert_eq!(
             headers.get("x-content-type-options").map(|v| v.as_bytes()),
             Some(&b"nosniff"[..])

@@ -106,7 +106,7 @@ pub struct ArcConfig {
 }
 
 /// Validated settings for every component.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreSettings,
@@ -497,15 +497,21 @@ mod tests {
         assert_eq!(from_file.arc.enabled, defaults.arc.enabled);
         assert_eq!(from_file.arc.authserv_id, defaults.arc.authserv_id);
         assert_eq!(from_file.arc.check_spf, defaults.arc.check_spf);
+        // And every other setting too, whatever component it belongs to.
+        assert_eq!(
+            format!("{from_file:#?}"),
+            format!("{defaults:#?}"),
+            "config/plenary.toml must load to exactly the embedded defaults"
+        );
     }
 
     #[test]
     fn arc_needs_the_rsa_key_and_names_this_host() {
         let t: toml::Table = "[arc]\nenabled = true\n".parse().expect("toml");
-        let err = Config::from_table(&t).err().expect("ARC without a key must fail");
+        let err = Config::from_table(&t).expect_err("ARC without a key must fail");
         assert!(err.contains("arc.enabled") && err.contains("dkim.rsa_key"), "{err}");
         let t: toml::Table = "[arc]\nenabled = \"yes\"\n".parse().expect("toml");
-        let err = Config::from_table(&t).err().expect("a string is not a boolean");
+        let err = Config::from_table(&t).expect_err("a string is not a boolean");
         assert!(err.contains("arc.enabled: expected true or false"), "{err}");
         let t: toml::Table = "[smtp]\nhostname = \"lists.example.org\"\n".parse().expect("toml");
         let c = Config::from_table(&t).expect("loads");
@@ -540,7 +546,7 @@ mod tests {
         "#
         .parse()
         .expect("toml");
-        let err = Config::from_table(&t).err().expect("must fail");
+        let err = Config::from_table(&t).expect_err("must fail");
         for needle in [
             "bogus",
             "smtp.listen",
