@@ -5,7 +5,8 @@ SM-05): if Plenary ever sent a bare "<LF>.<LF>", this relay would end DATA there
 what follows as commands, and the test would see an extra transaction.
 
 Every accepted transaction is appended to OUT/messages.jsonl as
-{"mail_from", "rcpts", "data" (latin-1 text), "tls" (bool), "auth" (user or null)}.
+{"mail_from", "rcpts", "data" (latin-1 text), "tls" (bool), "auth" (user or null),
+"conn" (the number of the connection it came on, from 1), "t" (unix time, float)}.
 Control files in OUT change behaviour live:
   OUT/refuse   exists -> every RCPT gets 451 4.3.0 (temporary)
   OUT/reject   lines of addresses that get 550 5.1.1 at RCPT (permanent)
@@ -18,7 +19,7 @@ Options after OUT [PORT]:
   --auth USER:PASS      require AUTH PLAIN or LOGIN before MAIL (530), only over TLS
 Prints "relay listening PORT" once ready.
 """
-import asyncio, base64, json, os, ssl, sys
+import asyncio, base64, itertools, json, os, ssl, sys, time
 
 OUT = sys.argv[1]
 rest = sys.argv[2:]
@@ -38,6 +39,7 @@ while rest:
     else:
         sys.exit(f"relay.py: unknown option {opt}")
 LOG = os.path.join(OUT, "messages.jsonl")
+CONNS = itertools.count(1)
 
 
 def refused():
@@ -72,6 +74,7 @@ async def session(reader, writer):
     def send(line):
         writer.write((line + "\r\n").encode())
 
+    conn = next(CONNS)
     send("220 capture ESMTP")
     mail_from, rcpts, data, in_data = None, [], [], False
     tls, user = IMPLICIT is not None, None
@@ -86,7 +89,8 @@ async def session(reader, writer):
                 if text == ".":
                     with open(LOG, "a") as f:
                         f.write(json.dumps({"mail_from": mail_from, "rcpts": rcpts, "data": "".join(data),
-                                            "tls": tls, "auth": user}) + "\n")
+                                            "tls": tls, "auth": user, "conn": conn,
+                                            "t": time.time()}) + "\n")
                     send("250 2.0.0 queued")
                     mail_from, rcpts, data, in_data = None, [], [], False
                 else:

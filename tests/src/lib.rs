@@ -556,6 +556,12 @@ pub struct Captured {
     /// The user the session authenticated as, if any.
     #[serde(default)]
     pub auth: Option<String>,
+    /// Which relay connection (numbered from 1) carried it.
+    #[serde(default)]
+    pub conn: u64,
+    /// When the relay accepted it (unix seconds).
+    #[serde(default)]
+    pub t: f64,
 }
 
 impl Captured {

@@ -231,6 +231,60 @@ fn members_get_one_signed_copy_each_with_list_headers_and_digests_go_to_digest_m
         e.relay.to("nomail@example.net").is_empty(),
         "no-mail members get nothing"
     );
+
+    // Digests also go out on their own once `digest_size` posts wait (no CLI), and a
+    // plain-digest member gets the RFC 1153 text form.
+    e.d.cli_stdin(
+        &["member", "add", LIST, "-"],
+        "address,name,delivery\npl@example.net,,plain\n",
+    );
+    e.d.cli_ok(&["list", "set", LIST, "digest_size=2"]);
+    for (i, subject) in ["Minutes", "Decisions"].iter().enumerate() {
+        let r = send_from(
+            e.d.smtp,
+            "ana@example.net",
+            LIST,
+            &post(
+                "Ana <ana@example.net>",
+                &format!("auto{i}@example.net"),
+                subject,
+                "Text.",
+            ),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let m = e.relay.wait_for("the automatic digests", 60, |m| {
+        let has = |rcpt: &str| {
+            m.iter().any(|x| {
+                x.rcpts.contains(&rcpt.to_string())
+                    && x.data.contains("auto0@example.net")
+                    && x.data.contains("auto1@example.net")
+            })
+        };
+        has("bo@example.net") && has("pl@example.net")
+    });
+    let of = |rcpt: &str| {
+        m.iter()
+            .filter(|x| x.rcpts.contains(&rcpt.to_string()) && x.data.contains("auto1@example.net"))
+            .collect::<Vec<_>>()
+    };
+    let (mime, plain) = (of("bo@example.net"), of("pl@example.net"));
+    assert_eq!((mime.len(), plain.len()), (1, 1), "one digest each");
+    assert!(mime[0].data.contains("multipart/digest"), "{}", mime[0].data);
+    assert!(!plain[0].data.contains("multipart/digest"), "{}", plain[0].data);
+    assert!(
+        plain[0].data.contains("\r\n------------------------------\r\n")
+            && plain[0].data.contains("End of gov@lists.example.org digest"),
+        "RFC 1153 layout: {}",
+        plain[0].data
+    );
+    assert!(
+        !e.relay
+            .to("pl@example.net")
+            .iter()
+            .any(|x| x.header("Message-ID").is_some_and(|v| v.contains("auto0@example.net"))),
+        "digest members never get the posts singly"
+    );
     verify_dkim(&e);
 }
 
@@ -548,9 +602,63 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
     e.relay.wait_for("help reply", 30, |m| {
         m.iter().any(|x| x.rcpts.contains(&"human@example.com".to_string()))
     });
+    for (who, precedence) in [
+        ("bulk@example.com", "bulk"),
+        ("junk@example.com", "junk"),
+        ("lister@example.com", "list"),
+    ] {
+        let r = send_from(
+            e.d.smtp,
+            who,
+            "gov-request@lists.example.org",
+            &format!("From: {who}\r\nSubject: help\r\nPrecedence: {precedence}\r\n\r\nhelp\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    // The help reply to human@ came after the automated ones were sent; give the engine
+    // one more round for anything it might still send them.
+    let r = send_from(
+        e.d.smtp,
+        "human2@example.com",
+        "gov-request@lists.example.org",
+        "From: human2@example.com\r\nSubject: help\r\n\r\nhelp\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    e.relay.wait_for("second help reply", 30, |m| {
+        m.iter().any(|x| x.rcpts.contains(&"human2@example.com".to_string()))
+    });
+    for who in [
+        "robot@example.com",
+        "bulk@example.com",
+        "junk@example.com",
+        "lister@example.com",
+    ] {
+        assert!(
+            e.relay.to(who).is_empty(),
+            "no reply to automated mail (RFC 3834: Auto-Submitted, Precedence bulk/junk/list): {who}"
+        );
+    }
+
+    // Members added by the owner with --welcome get the welcome message; without, nothing.
+    e.d.cli_stdin(&["member", "add", "--welcome", LIST, "-"], "welcomed@example.net\n");
+    e.d.cli_stdin(&["member", "add", LIST, "-"], "quiet@example.net\n");
+    let m = e.relay.wait_for("the welcome message", 30, |m| {
+        m.iter().any(|x| x.rcpts.contains(&"welcomed@example.net".to_string()))
+    });
+    let welcome = m
+        .iter()
+        .find(|x| x.rcpts.contains(&"welcomed@example.net".to_string()))
+        .expect("welcome");
     assert!(
-        e.relay.to("robot@example.com").is_empty(),
-        "no reply to auto-submitted mail (RFC 3834)"
+        welcome
+            .header("Subject")
+            .is_some_and(|s| s.contains("Welcome to gov@lists.example.org")),
+        "{}",
+        welcome.data
+    );
+    assert!(
+        e.relay.to("quiet@example.net").is_empty(),
+        "no welcome without --welcome"
     );
 
     // Discard sent nothing to the stranger (no backscatter): the only mail they ever got is

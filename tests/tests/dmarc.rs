@@ -89,3 +89,103 @@ fn from_is_munged_exactly_for_strict_dmarc_domains() {
         queries.lines().count()
     );
 }
+
+/// `dmarc = always` munges every author, even one whose domain asks for nothing; `off`
+/// (the default, with no subject prefix or footer) changes nothing that the author's DKIM
+/// signature covers, so dkimpy still verifies the author's own signature on the copy.
+#[test]
+fn always_munges_everyone_and_off_keeps_the_authors_signature_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dns = start_dns(dir.path(), r#"{"_dmarc.relaxed.example": ["v=DMARC1; p=none"]}"#);
+    let relay = Relay::start(&dir.path().join("relay"));
+    let d = Daemon::start(
+        dir.path(),
+        "",
+        &format!(
+            "[relay]\nport = {}\n\n[dns]\nservers = \"127.0.0.1:{}\"\ntimeout_secs = 2\n",
+            relay.port, dns.port
+        ),
+    );
+    d.create_list(LIST);
+    d.cli_stdin(&["member", "add", LIST, "-"], "reader@example.net\n");
+
+    d.cli_ok(&["list", "set", LIST, "dmarc=always"]);
+    let msg = format!("From: Cy <cy@relaxed.example>\r\nTo: {LIST}\r\nSubject: always\r\nMessage-ID: <always@relaxed.example>\r\n\r\nText.\r\n");
+    assert!(send_from(d.smtp, "cy@relaxed.example", LIST, &msg).starts_with("250"));
+    let got = relay.wait_for("the always copy", 60, |m| {
+        m.iter().any(|x| x.data.contains("<always@relaxed.example>"))
+    });
+    let m = got
+        .iter()
+        .find(|x| x.data.contains("<always@relaxed.example>"))
+        .expect("copy");
+    assert_eq!(
+        m.header("From").as_deref(),
+        Some(&*format!("\"Cy via dmarc\" <{LIST}>"))
+    );
+    assert!(m.header("Reply-To").is_some_and(|v| v.contains("cy@relaxed.example")));
+
+    // off: the author signs with their own key (dkimpy); the copy must still verify.
+    d.cli_ok(&["list", "set", LIST, "dmarc=off"]);
+    let key = dir.path().join("author.pem");
+    plenary_e2e::openssl(&["genrsa", "-out", &key.to_string_lossy(), "2048"]);
+    let der = plenary_e2e::openssl(&["rsa", "-in", &key.to_string_lossy(), "-pubout", "-outform", "DER"]);
+    let pubkey = plenary_e2e::base64(&der);
+    let signed = dir.path().join("signed.eml");
+    let captured = relay.dir.join("messages.jsonl");
+    system_python(&format!(
+        r#"
+import dkim
+msg = (b"From: Di <di@author.example>\r\nTo: {LIST}\r\nSubject: signed by the author\r\n"
+       b"Date: Tue, 24 Nov 2026 08:00:00 +0000\r\nMessage-ID: <off@author.example>\r\n\r\nA signed post.\r\n")
+key = open({key:?}, "rb").read()
+sig = dkim.sign(msg, b"a", b"author.example", key, include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+open({signed:?}, "wb").write(sig + msg)
+"#,
+        key = key.display().to_string(),
+        signed = signed.display().to_string(),
+    ));
+    let raw = std::fs::read_to_string(&signed).expect("signed message");
+    assert!(send_from(d.smtp, "di@author.example", LIST, &raw).starts_with("250"));
+    relay.wait_for("the off copy", 60, |m| {
+        m.iter().any(|x| x.data.contains("<off@author.example>"))
+    });
+    system_python(&format!(
+        r#"
+import dkim, json
+records = {{b"a._domainkey.author.example.": b"v=DKIM1; k=rsa; p={pubkey}"}}
+def dnsfunc(name, timeout=5):
+    return records.get(name if name.endswith(b".") else name + b".")
+for line in open({captured:?}):
+    m = json.loads(line)
+    data = m["data"].encode("latin-1")
+    if b"<off@author.example>" not in data:
+        continue
+    d = dkim.DKIM(data)
+    # idx counts DKIM-Signature fields only.
+    sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
+    mine = [i for i, v in enumerate(sigs) if b"d=author.example" in v]
+    assert mine, "the author's signature is kept"
+    assert d.verify(idx=mine[0], dnsfunc=dnsfunc), "the author's DKIM no longer verifies"
+    break
+else:
+    raise SystemExit("no copy of the signed post")
+"#,
+        captured = captured.display().to_string(),
+    ));
+}
+
+/// Run a script with Debian's `/usr/bin/python3`, which has dkimpy (`python3-dkim`).
+fn system_python(script: &str) {
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -221,6 +221,56 @@ fn eight_bit_bodies_and_utf8_addresses_are_accepted() {
     assert!(hits.to_string().contains("utf8-1@ejemplo.test"), "{hits}");
 }
 
+/// Search results are ranked (the message about the word comes first) and paged (page 2
+/// continues page 1 without repeating it, and together they hold every hit).
+#[test]
+fn search_results_are_ranked_and_paged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    for i in 0..25 {
+        let r = send_raw(
+            d.smtp,
+            LIST,
+            &format!("From: p{i}@example.org\r\nMessage-ID: <rank{i}@example.org>\r\nSubject: Meeting notes {i}\r\n\r\nNotes of meeting {i}. The quorum was reached late, then other business.\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let r = send_raw(
+        d.smtp,
+        LIST,
+        "From: chair@example.org\r\nMessage-ID: <rank-top@example.org>\r\nSubject: Quorum rules\r\n\r\nQuorum: what counts towards quorum, how quorum is checked, and quorum by proxy.\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let v = d.wait_search("quorum", 26);
+    assert_eq!(v["total"].as_u64(), Some(26), "{v}");
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["hits"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["message_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let page1 = ids(&v);
+    assert_eq!(page1.len(), 20, "the first page is full: {v}");
+    assert_eq!(page1[0], "rank-top@example.org", "best match first: {page1:?}");
+    let scores: Vec<f64> = v["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h["score"].as_f64())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "scores descend: {scores:?}");
+    let v2 = d.api("/api/v1/search?q=quorum&page=2");
+    let page2 = ids(&v2);
+    assert_eq!(page2.len(), 6, "{v2}");
+    assert_eq!(v2["offset"].as_u64(), Some(20), "{v2}");
+    let mut all: Vec<String> = page1.iter().chain(&page2).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 26, "the two pages hold every hit once");
+}
+
 #[test]
 fn same_message_id_twice_is_stored_once_and_no_archive_is_hidden() {
     let dir = tempfile::tempdir().expect("tempdir");

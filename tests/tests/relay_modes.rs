@@ -265,3 +265,51 @@ fn a_recipient_deferred_past_give_up_counts_as_bounced() {
         waited.as_secs_f64()
     );
 }
+
+/// Relay connections are reused across copies and across posts (one connection per worker,
+/// not one per copy), and `fanout.max_per_second` paces the copies.
+#[test]
+fn relay_connections_are_reused_and_the_rate_is_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&dir.path().join("relay"));
+    let d = Daemon::start(
+        dir.path(),
+        "",
+        &format!(
+            "[relay]\nport = {}\n\n[fanout]\nconcurrency = 2\nbatch = 5\nmax_per_second = 10\n",
+            relay.port
+        ),
+    );
+    d.create_list(LIST);
+    d.cli_ok(&["list", "set", LIST, "posting=open"]);
+    let members: String = (0..10).map(|i| format!("m{i}@example.net\n")).collect();
+    d.cli_stdin(&["member", "add", LIST, "-"], &members);
+    for i in 0..2 {
+        let r = send_from(
+            d.smtp,
+            "author@example.org",
+            LIST,
+            &format!("From: author@example.org\r\nMessage-ID: <pace{i}@example.org>\r\nSubject: pace {i}\r\n\r\nx\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let msgs = relay.wait_for("20 copies", 60, |m| m.len() >= 20);
+    assert_eq!(msgs.len(), 20, "one copy per member per post");
+    let mut conns: Vec<u64> = msgs.iter().map(|m| m.conn).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    assert!(
+        conns.len() <= 2,
+        "20 copies over {} connections: connections are not reused ({conns:?})",
+        conns.len()
+    );
+    // 20 copies at 10 a second: the last leaves at least a second after the first, even
+    // though the relay and the worker could go much faster.
+    let first = msgs.iter().map(|m| m.t).fold(f64::INFINITY, f64::min);
+    let last = msgs.iter().map(|m| m.t).fold(0.0, f64::max);
+    assert!(
+        last - first >= 1.0,
+        "20 copies in {:.2} s despite max_per_second = 10",
+        last - first
+    );
+}

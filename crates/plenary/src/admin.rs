@@ -182,10 +182,15 @@ pub async fn execute(
             for (k, v) in &settings {
                 s.set(k, v)?;
             }
+            let warning = dkim_warning(&s);
             store
                 .set_list_settings(rec.address.as_str(), s)
                 .map_err(|e| e.to_string())?;
-            Ok(format!("{}: {} setting(s) changed", rec.address, settings.len()))
+            Ok(format!(
+                "{}: {} setting(s) changed{warning}",
+                rec.address,
+                settings.len()
+            ))
         }
         Request::ListShow { address } => {
             let rec = list_id(store, &address)?;
@@ -481,5 +486,40 @@ pub async fn try_daemon(socket: &Path, req: &Request) -> Option<Result<String, S
             Ok(None) => return Some(Err("the daemon closed the admin connection without an answer".into())),
             Err(e) => return Some(Err(format!("reading from the daemon: {e}"))),
         }
+    }
+}
+
+/// With `dmarc = off` the list promises to leave posts as they came, so the author's DKIM
+/// signature still verifies; a subject prefix or footer changes what that signature covers.
+/// The owner may want them anyway, so this is a warning, not a refusal.
+fn dkim_warning(s: &plenary_core::list::ListSettings) -> String {
+    let changes = !s.subject_prefix.is_empty() || !s.footer.is_empty();
+    if s.dmarc == plenary_core::list::DmarcMode::Off && changes {
+        "\nwarning: dmarc=off with a subject prefix or footer: posts are modified, so authors' DKIM \
+         signatures break and receivers may reject posts from domains with a strict DMARC policy \
+         (set dmarc=munge, or clear subject_prefix and footer)"
+            .to_string()
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plenary_core::list::{DmarcMode, ListSettings};
+
+    #[test]
+    fn dmarc_off_with_a_prefix_or_footer_is_warned_about() {
+        let mut s = ListSettings::default();
+        assert_eq!(s.dmarc, DmarcMode::Off);
+        assert!(dkim_warning(&s).is_empty(), "defaults change nothing");
+        s.subject_prefix = "[gov]".into();
+        assert!(dkim_warning(&s).contains("DKIM"));
+        s.subject_prefix.clear();
+        s.footer = "Gov list".into();
+        assert!(dkim_warning(&s).contains("DKIM"));
+        s.dmarc = DmarcMode::Munge;
+        assert!(dkim_warning(&s).is_empty(), "munge is the mitigation");
     }
 }
