@@ -227,6 +227,13 @@ fn eight_bit_bodies_and_utf8_addresses_are_accepted() {
 fn search_results_are_ranked_and_paged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = daemon(dir.path());
+    // The best match goes first, so it is also the oldest: ranking by date would put it last.
+    let r = send_raw(
+        d.smtp,
+        LIST,
+        "From: chair@example.org\r\nMessage-ID: <rank-top@example.org>\r\nSubject: Quorum rules\r\n\r\nQuorum: what counts towards quorum, how quorum is checked, and quorum by proxy.\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
     for i in 0..25 {
         let r = send_raw(
             d.smtp,
@@ -235,12 +242,6 @@ fn search_results_are_ranked_and_paged() {
         );
         assert!(r.starts_with("250"), "{r}");
     }
-    let r = send_raw(
-        d.smtp,
-        LIST,
-        "From: chair@example.org\r\nMessage-ID: <rank-top@example.org>\r\nSubject: Quorum rules\r\n\r\nQuorum: what counts towards quorum, how quorum is checked, and quorum by proxy.\r\n",
-    );
-    assert!(r.starts_with("250"), "{r}");
     let v = d.wait_search("quorum", 26);
     assert_eq!(v["total"].as_u64(), Some(26), "{v}");
     let ids = |v: &serde_json::Value| -> Vec<String> {
@@ -261,6 +262,10 @@ fn search_results_are_ranked_and_paged() {
         .filter_map(|h| h["score"].as_f64())
         .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "scores descend: {scores:?}");
+    assert!(
+        scores[0] > scores[1],
+        "the best match scores higher than the rest: {scores:?}"
+    );
     let v2 = d.api("/api/v1/search?q=quorum&page=2");
     let page2 = ids(&v2);
     assert_eq!(page2.len(), 6, "{v2}");
@@ -447,14 +452,18 @@ fn bad_config_names_every_bad_key() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
-/// A start-up error is one clear message and a failed exit, never a panic: a port in use
-/// (found before anything starts) and an admin socket that cannot be made (found after the
-/// indexer thread started, which must then be stopped cleanly).
+/// A start-up error is one clear message and a failed exit, never a panic, and nothing is
+/// served: a port in use, an admin socket that cannot be made, a broken template. (The
+/// first used to panic: the indexer thread had already started and used the runtime's timer
+/// while it shut down.)
 #[test]
 fn start_up_errors_are_reported_without_a_panic() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to occupy");
     let port = busy.local_addr().expect("local addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).expect("mkdir");
+    std::fs::write(templates.join("base.html"), "{% if %}broken").expect("write template");
     let cases = [
         (
             format!("[smtp]\nlisten = \"127.0.0.1:{port}\"\n[web]\nlisten = \"127.0.0.1:0\"\n"),
@@ -466,6 +475,13 @@ fn start_up_errors_are_reported_without_a_panic() {
                 dir.path().join("no/such/dir/admin.sock").display()
             ),
             "cannot create the admin socket",
+        ),
+        (
+            format!(
+                "[smtp]\nlisten = \"127.0.0.1:0\"\n[web]\nlisten = \"127.0.0.1:0\"\ntemplates_dir = \"{}\"\n",
+                templates.display()
+            ),
+            "template base.html",
         ),
     ];
     for (i, (extra, want)) in cases.iter().enumerate() {

@@ -1122,7 +1122,8 @@ impl Engine {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => {}
+                // An error means the sender is gone (the daemon is giving up): stop too.
+                r = stop.changed() => if r.is_err() { return },
             }
         }
     }

@@ -384,7 +384,7 @@ async fn confirmation_tokens_expire() {
     let e = Engine::new(
         store,
         EngineSettings {
-            token_ttl: std::time::Duration::from_secs(1),
+            token_ttl: std::time::Duration::from_secs(3),
             ..EngineSettings::default()
         },
     );
@@ -394,8 +394,8 @@ async fn confirmation_tokens_expire() {
     };
     assert_eq!(ask("late@example.net"), Requested::ConfirmationSent);
     let late = token_in(&notices(&e)[0].1);
-    // Expiry is checked against whole seconds: wait past the next-but-one second.
-    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    // Expiry is checked against whole seconds: wait past the lifetime plus one second.
+    std::thread::sleep(std::time::Duration::from_millis(4_100));
     assert!(matches!(e.describe_token(&late), Err(EngineError::BadToken)));
     assert!(matches!(e.confirm(&late, None, "").await, Err(EngineError::BadToken)));
     let who = MemberAddress::parse("late@example.net").expect("valid");

@@ -332,8 +332,9 @@ async fn concurrent_posts_share_durable_commits() {
     let (b1, r1) = store.commit_stats();
     let (batches, requests) = (b1 - b0, r1 - r0);
     assert_eq!(requests, 64, "every request went through a durable commit");
+    // Without group commit this is exactly 64; on ext4 it is a handful.
     assert!(
-        batches < 32,
+        batches < requests,
         "64 concurrent posts took {batches} durable commits: no group commit"
     );
     assert_eq!(store.last_seq(list.id).expect("seq"), 64);

@@ -1,9 +1,10 @@
 //! `plenary serve`: every part in one process and one tokio runtime.
 //!
-//! Start-up order: open the store (taking sled's lock), bind SMTP/LMTP/web (a port in use
-//! fails here, before anything runs), seed the demo if asked, open the search index
+//! Start-up order: open the store (taking sled's lock), bind SMTP/LMTP/web and the admin
+//! socket and load the templates (a port in use or a broken template fails here, before
+//! anything runs), seed the demo if asked, open the search index
 //! (re-queueing the store if the index is new, of another schema, or out of step), start
-//! the indexer thread, start serving, start the admin socket. Shutdown
+//! the indexer thread, start serving and the admin API. Shutdown
 //! (SIGINT/SIGTERM): stop accepting, let sessions reach a safe point (421), let the web
 //! server drain, commit the index batch in hand, flush the store.
 
@@ -81,6 +82,9 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.web_listen))?;
     let web_addr = web.local_addr()?;
+    let admin = admin::bind(&config.admin_socket)
+        .with_context(|| format!("cannot create the admin socket {}", config.admin_socket.display()))?;
+    let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     if demo {
         crate::demo::seed(&store, &config)
             .await
@@ -152,7 +156,6 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
         store: store.clone(),
         shutdown: shutdown_rx.clone(),
     });
-    let templates = Templates::load(config.web.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let threads = plenary_web::ThreadCache::new(store.clone()).map_err(|e| anyhow::anyhow!("thread views: {e}"))?;
     let state = Arc::new(AppState {
         engine: engine.clone(),
@@ -199,8 +202,6 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             }
         });
     }
-    let admin = admin::bind(&config.admin_socket)
-        .with_context(|| format!("cannot create the admin socket {}", config.admin_socket.display()))?;
     let admin_task = tokio::spawn(admin::serve(admin, engine.clone(), config.clone()));
     {
         let store = store.clone();
