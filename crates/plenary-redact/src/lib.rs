@@ -198,8 +198,10 @@ pub struct PublicMessage {
     /// The message's Content-Language, when it names one valid language tag.
     lang: Option<String>,
     attachments: Vec<PublicAttachment>,
-    /// True when the message is shown as raw text because it was not parsed.
-    unparsed: bool,
+    /// Why the message is shown as raw text (it was stored unparsed, with this reason, or
+    /// the parser failed on it here); `None` when it was parsed. The reasons are our own
+    /// fixed texts and limits, never message content.
+    unparsed: Option<String>,
 }
 
 impl PublicMessage {
@@ -246,7 +248,12 @@ impl PublicMessage {
         &self.attachments
     }
     pub fn unparsed(&self) -> bool {
-        self.unparsed
+        self.unparsed.is_some()
+    }
+
+    /// Why the message could not be parsed, when it could not.
+    pub fn unparsed_reason(&self) -> Option<&str> {
+        self.unparsed.as_deref()
     }
 
     /// The redacted "raw" form: allowlisted headers, a blank line, the text body.
@@ -358,7 +365,11 @@ pub fn redact(key: MessageKey, meta: &MessageMeta, raw: &[u8], policy: &Policy) 
         .ok()
         .flatten()
     };
-    let unparsed = parsed.is_none();
+    let unparsed = match (&parsed, &meta.unparsed) {
+        (Some(_), _) => None,
+        (None, Some(reason)) => Some(reason.clone()),
+        (None, None) => Some(plenary_core::meta::PARSER_FAILED.to_string()),
+    };
     let Rendered {
         headers,
         body,
