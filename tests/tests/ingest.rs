@@ -538,3 +538,71 @@ fn posts_to_a_list_without_members_leave_no_delivery_jobs() {
     }
     assert!(q.starts_with("0 jobs (0 walking), 0 deliveries"), "{q}");
 }
+
+/// The README's first command: `plenary serve --demo` with no config file at all keeps its
+/// data in `./data`, listens for SMTP on 127.0.0.1:2525 and the web on 127.0.0.1:8080, and
+/// shows a demo list with an archive; a post sent as the README shows appears on it. Those
+/// fixed ports must be free (they are on CI; elsewhere the test says SKIPPED if not).
+#[test]
+fn serve_demo_runs_on_the_embedded_defaults() {
+    for port in [2525, 8080] {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "127.0.0.1:{port} is taken, and CI must run the no-config test"
+            );
+            eprintln!("SKIPPED no-config test: 127.0.0.1:{port} is in use");
+            return;
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(plenary_e2e::binary())
+        .args(["serve", "--demo"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start plenary serve --demo");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("stdout");
+    let child = Kill(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("first line");
+    assert!(
+        line.starts_with("plenary: listening smtp=127.0.0.1:2525 web=http://127.0.0.1:8080/"),
+        "{line}"
+    );
+    assert!(dir.path().join("data/sled").is_dir(), "data in ./data");
+    let web: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+    let (status, home) = plenary_e2e::http_get(web, "/");
+    assert_eq!(status, 200);
+    assert!(home.contains("demo@plenary.localhost"), "{home}");
+    let (status, _) = plenary_e2e::http_get(web, "/lists/demo@plenary.localhost/");
+    assert_eq!(status, 200);
+    let (status, api) = plenary_e2e::http_get(web, "/api/v1/lists/demo@plenary.localhost/messages");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&api).expect("JSON");
+    assert!(
+        v["total"].as_u64().unwrap_or(0) > 0,
+        "the demo list has an archive: {v}"
+    );
+    let smtp: std::net::SocketAddr = "127.0.0.1:2525".parse().expect("addr");
+    let r = plenary_e2e::send_from(
+        smtp,
+        "me@example.org",
+        "demo@plenary.localhost",
+        "From: Me <me@example.org>\r\nSubject: Hello from the README\r\nMessage-ID: <readme@example.org>\r\n\r\nMy first post.\r\n",
+    );
+    assert!(r.starts_with("250"), "{r}");
+    let (status, page) = plenary_e2e::http_get(web, "/lists/demo@plenary.localhost/m/readme@example.org/");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("My first post."));
+    drop(child);
+}

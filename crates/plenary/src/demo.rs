@@ -21,6 +21,13 @@ pub async fn seed(store: &Store, config: &Config) -> Result<(), String> {
             "A demonstration list with a few messages. Send mail to it over SMTP to see it appear.",
         )
         .map_err(|e| e.to_string())?;
+    // Open posting: the README's first step is to post to it and watch the post appear,
+    // which a members-only list (the default) would hold for a moderator instead.
+    let mut settings = list.settings.clone();
+    settings.posting = plenary_core::list::PostingPolicy::Open;
+    store
+        .set_list_settings(DEMO_LIST, settings)
+        .map_err(|e| e.to_string())?;
     let path = config.data_dir.join("demo.mbox");
     std::fs::write(&path, DEMO_MBOX).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
