@@ -842,6 +842,28 @@ mod tests {
         assert!(matches!(out[0], TargetOutcome::Archived(_)), "{out:?}");
     }
 
+    /// Retries back off exponentially from `retry_initial`, doubling per attempt, and stop
+    /// growing at `retry_max`.
+    #[tokio::test]
+    async fn retry_backoff_doubles_up_to_the_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = StoreSettings::new(dir.path());
+        settings.min_free_bytes = 0;
+        let store = Store::open(settings).expect("open store");
+        let fanout = FanoutSettings {
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            dns_servers: vec!["127.0.0.1:9".parse().expect("socket addr")],
+            dns_timeout: Duration::from_millis(100),
+            ..FanoutSettings::default()
+        };
+        let engine = Engine::new(store.clone(), Default::default());
+        let worker = Worker::new(store, engine, fanout, Vec::new(), None).expect("worker");
+        let waits: Vec<i64> = (0..8).map(|a| worker.backoff(a)).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(worker.backoff(u32::MAX), 3600, "no overflow on absurd attempt counts");
+    }
+
     /// A post whose list had members when it was accepted, and none when the worker gets to
     /// it (everyone left), is dropped unsent in the worker's pass; a post to a list that still
     /// has a member is not (its delivery is attempted, here against a relay that is down).
