@@ -329,6 +329,12 @@ fn unparseable_mail_over_smtp_is_stored_with_its_reason() {
             let full = d.api(&format!("/api/v1/lists/{LIST}/messages/{}", urlencode(id)));
             if let Some(reason) = full["unparsed"].as_str() {
                 assert!(full["body"].is_string(), "shown as text: {full}");
+                let (status, page) = d.get(&format!("/lists/{LIST}/m/{}/", urlencode(id)));
+                assert_eq!(status, 200, "{page}");
+                assert!(
+                    page.contains("This message could not be parsed, so it is shown as plain text."),
+                    "the page says so"
+                );
                 reasons.push(reason.to_string());
             }
         }
