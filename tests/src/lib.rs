@@ -264,6 +264,20 @@ impl Daemon {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
     }
 
+    /// Every message of `list` as the public API pages them (`/api/v1/lists/L/messages`).
+    pub fn listed_messages(&self, list: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for page in 1.. {
+            let v = self.api(&format!("/api/v1/lists/{list}/messages?page={page}"));
+            let items = v["messages"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                break;
+            }
+            out.extend(items);
+        }
+        out
+    }
+
     /// Number of archived messages in `list`, from the public API.
     pub fn count(&self, list: &str) -> u64 {
         let v = self.api("/api/v1/lists");
@@ -309,11 +323,20 @@ pub fn urlencode(s: &str) -> String {
 
 /// Run a Python 3 script (a real peer: smtplib, ssl) and fail with its output if it fails.
 pub fn python(script: &str) {
-    let out = Command::new("python3")
+    run_python("python3", script);
+}
+
+/// Like [`python`], with Debian's `/usr/bin/python3`, which has dkimpy (`python3-dkim`).
+pub fn system_python(script: &str) {
+    run_python("/usr/bin/python3", script);
+}
+
+fn run_python(interpreter: &str, script: &str) {
+    let out = Command::new(interpreter)
         .arg("-c")
         .arg(script)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run python3: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {interpreter}: {e}"));
     assert!(
         out.status.success(),
         "python failed:\n{}{}",

@@ -21,16 +21,7 @@ fn from_is_munged_exactly_for_strict_dmarc_domains() {
             "_dmarc.spf.example": ["v=spf1 -all"]
         }"#,
     );
-    let relay = Relay::start(&dir.path().join("relay"));
-    let d = Daemon::start(
-        dir.path(),
-        "",
-        &format!(
-            "[relay]\nport = {}\n\n[dns]\nservers = \"127.0.0.1:{}\"\ntimeout_secs = 2\n",
-            relay.port, dns.port
-        ),
-    );
-    d.create_list(LIST);
+    let (relay, d) = list_with_relay_and_dns(dir.path(), &dns);
     d.cli_ok(&["list", "set", LIST, "dmarc=munge", "subject_prefix=[d]"]);
     d.cli_stdin(&["member", "add", LIST, "-"], "reader@example.net\n");
 
@@ -97,16 +88,7 @@ fn from_is_munged_exactly_for_strict_dmarc_domains() {
 fn always_munges_everyone_and_off_keeps_the_authors_signature_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dns = start_dns(dir.path(), r#"{"_dmarc.relaxed.example": ["v=DMARC1; p=none"]}"#);
-    let relay = Relay::start(&dir.path().join("relay"));
-    let d = Daemon::start(
-        dir.path(),
-        "",
-        &format!(
-            "[relay]\nport = {}\n\n[dns]\nservers = \"127.0.0.1:{}\"\ntimeout_secs = 2\n",
-            relay.port, dns.port
-        ),
-    );
-    d.create_list(LIST);
+    let (relay, d) = list_with_relay_and_dns(dir.path(), &dns);
     d.cli_stdin(&["member", "add", LIST, "-"], "reader@example.net\n");
 
     d.cli_ok(&["list", "set", LIST, "dmarc=always"]);
@@ -133,7 +115,7 @@ fn always_munges_everyone_and_off_keeps_the_authors_signature_valid() {
     let pubkey = plenary_e2e::base64(&der);
     let signed = dir.path().join("signed.eml");
     let captured = relay.dir.join("messages.jsonl");
-    system_python(&format!(
+    plenary_e2e::system_python(&format!(
         r#"
 import dkim
 msg = (b"From: Di <di@author.example>\r\nTo: {LIST}\r\nSubject: signed by the author\r\n"
@@ -150,7 +132,7 @@ open({signed:?}, "wb").write(sig + msg)
     relay.wait_for("the off copy", 60, |m| {
         m.iter().any(|x| x.data.contains("<off@author.example>"))
     });
-    system_python(&format!(
+    plenary_e2e::system_python(&format!(
         r#"
 import dkim, json
 records = {{b"a._domainkey.author.example.": b"v=DKIM1; k=rsa; p={pubkey}"}}
@@ -175,17 +157,18 @@ else:
     ));
 }
 
-/// Run a script with Debian's `/usr/bin/python3`, which has dkimpy (`python3-dkim`).
-fn system_python(script: &str) {
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("run /usr/bin/python3");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// The capture relay, and a daemon that delivers to it, asks `dns` for DMARC policies and
+/// has the list `LIST`.
+fn list_with_relay_and_dns(dir: &std::path::Path, dns: &plenary_e2e::Dns) -> (Relay, Daemon) {
+    let relay = Relay::start(&dir.join("relay"));
+    let d = Daemon::start(
+        dir,
+        "",
+        &format!(
+            "[relay]\nport = {}\n\n[dns]\nservers = \"127.0.0.1:{}\"\ntimeout_secs = 2\n",
+            relay.port, dns.port
+        ),
     );
+    d.create_list(LIST);
+    (relay, d)
 }

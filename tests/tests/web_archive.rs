@@ -65,23 +65,15 @@ struct Msg {
 }
 
 fn all_messages(d: &Daemon, list: &str) -> Vec<Msg> {
-    let mut out = Vec::new();
-    for page in 1.. {
-        let v = d.api(&format!("/api/v1/lists/{list}/messages?page={page}"));
-        let items = v["messages"].as_array().cloned().unwrap_or_default();
-        if items.is_empty() {
-            break;
-        }
-        for m in items {
-            out.push(Msg {
-                id: m["message_id"].as_str().unwrap_or_default().to_string(),
-                subject: m["subject"].as_str().unwrap_or_default().to_string(),
-                parent: m["in_reply_to"].as_str().map(str::to_string),
-                date: m["date"].as_str().unwrap_or_default().to_string(),
-            });
-        }
-    }
-    out
+    d.listed_messages(list)
+        .into_iter()
+        .map(|m| Msg {
+            id: m["message_id"].as_str().unwrap_or_default().to_string(),
+            subject: m["subject"].as_str().unwrap_or_default().to_string(),
+            parent: m["in_reply_to"].as_str().map(str::to_string),
+            date: m["date"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect()
 }
 
 /// Every thread: its messages (None for a placeholder) with depths.
