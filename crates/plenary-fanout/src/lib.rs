@@ -327,8 +327,8 @@ impl Worker {
                 let t = Transform::default();
                 (vec![Arc::new(prepare(&list, raw.as_bytes(), base, &t))], None)
             }
-            JobKind::Forward { blob, chunks, .. } => {
-                let raw = self.store.blob_raw(*blob, *chunks)?;
+            JobKind::Forward { raw, .. } => {
+                let raw = self.store.blob_raw(raw)?;
                 (vec![Arc::new(prepare(&list, &raw, base, &Transform::default()))], None)
             }
         };
@@ -644,8 +644,8 @@ impl Worker {
     /// why this write is not made durable on its own).
     fn finish(&self, job: FanoutJob, plans: &mut HashMap<u64, Arc<JobPlan>>) -> Result<(), FanoutError> {
         let mut w = vec![Write::RemoveJob(job.id)];
-        if let JobKind::Forward { blob, chunks, .. } = job.what {
-            w.push(Write::RemoveBlob(blob, chunks));
+        if let JobKind::Forward { raw, .. } = job.what {
+            w.push(Write::RemoveBlob(raw));
         }
         self.store.apply_with(w, false)?;
         plans.remove(&job.id);

@@ -978,8 +978,7 @@ impl Engine {
                             list: list.id,
                             what: JobKind::Forward {
                                 to: list.settings.owners.clone(),
-                                blob: entry.blob,
-                                chunks: entry.chunks,
+                                raw: entry.raw,
                             },
                             created: now(),
                             cursor: None,

@@ -7,7 +7,8 @@
 
 use crate::keys;
 use crate::records::{FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, StoredMessage};
-use crate::{StoreError, StoreSettings, Trees, CHUNK_SIZE};
+use crate::spool::{BlobRef, SpoolWriter};
+use crate::{StoreError, StoreSettings, Trees};
 use chrono::Datelike;
 use plenary_core::list::{decide, Member, PostDecision, Sender};
 use plenary_core::{ListId, MemberAddress, MessageKey, MessageMeta, Origin, RecipientKind};
@@ -97,6 +98,8 @@ struct Job {
 pub(crate) struct CommitCtx {
     pub db: sled::Db,
     pub trees: Trees,
+    /// The only writer of the raw-message spool.
+    pub spool: SpoolWriter,
     pub db_file: File,
     pub failed: Arc<AtomicBool>,
     pub settings: StoreSettings,
@@ -208,12 +211,11 @@ pub(crate) fn make_durable(db: &sled::Db, file: &File, settings: &StoreSettings)
 
 #[derive(Clone, Default)]
 struct Counters {
-    next_blob: Option<u64>,
     next_inbox: Option<u64>,
     next_seq: HashMap<ListId, u64>,
 }
 
-fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
+fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
     let mut counters = Counters::default();
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -228,7 +230,7 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let started = std::time::Instant::now();
-        let result = commit_batch(&ctx, &mut counters, &jobs, bytes);
+        let result = commit_batch(&mut ctx, &mut counters, &jobs, bytes);
         tracing::debug!(
             messages = jobs.len(),
             bytes,
@@ -251,8 +253,10 @@ fn run(ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                if !matches!(e, StoreError::DiskFull { .. } | StoreError::Failed) {
+                if ctx.failed.load(Ordering::SeqCst) && !matches!(e, StoreError::Failed) {
                     tracing::error!(error = %e, "group commit failed; store is now failed");
+                } else if !matches!(e, StoreError::DiskFull { .. } | StoreError::Failed) {
+                    tracing::warn!(error = %e, "group commit refused");
                 }
                 // Every waiter gets the same kind of answer: disk full (452) or failed (451).
                 let (needed, available) = match e {
@@ -342,7 +346,7 @@ fn reject_text(reason: &str) -> &'static str {
 
 #[allow(clippy::type_complexity)]
 fn commit_batch(
-    ctx: &CommitCtx,
+    ctx: &mut CommitCtx,
     counters: &mut Counters,
     jobs: &[Job],
     bytes: u64,
@@ -359,10 +363,10 @@ fn commit_batch(
         return Err(StoreError::DiskFull { needed, available });
     }
 
+    let mut staged = ctx.spool.begin()?;
     let t = &ctx.trees;
     let mut c = counters.clone();
-    let (mut blobs, mut messages, mut msgid, mut by_date, mut children, mut inbox, mut index_q) = (
-        Batch::default(),
+    let (mut messages, mut msgid, mut by_date, mut children, mut inbox, mut index_q) = (
         Batch::default(),
         Batch::default(),
         Batch::default(),
@@ -383,20 +387,9 @@ fn commit_batch(
     for job in jobs {
         let req = &job.req;
         let mut outcomes = Vec::with_capacity(req.targets.len());
-        let mut blob: Option<(u64, u32)> = None;
-        let mut blob_id = |c: &mut Counters| -> Result<(u64, u32), StoreError> {
-            if let Some(b) = blob {
-                return Ok(b);
-            }
-            let id = next_from_last(&t.blobs, &mut c.next_blob)?;
-            let mut n = 0u32;
-            for chunk in req.raw.chunks(CHUNK_SIZE) {
-                blobs.insert(&keys::blob_chunk(id, n), chunk);
-                n += 1;
-            }
-            blob = Some((id, n));
-            Ok((id, n))
-        };
+        // One copy of the bytes serves every list that archives the message; a held post
+        // and inbox mail get their own copy, because they are erased when handled.
+        let mut archived: Option<BlobRef> = None;
         let mut done_lists: HashSet<ListId> = HashSet::new();
         for target in &req.targets {
             match &target.kind {
@@ -454,13 +447,12 @@ fn commit_batch(
                                     continue;
                                 }
                                 PostDecision::Hold(reason) => {
-                                    let (blob_no, chunks) = blob_id(&mut c)?;
+                                    let raw = staged.push(&req.raw)?;
                                     let id = ctx.db.generate_id()? + 1;
                                     let h = HeldPost {
                                         id,
                                         list: target.list,
-                                        blob: blob_no,
-                                        chunks,
+                                        raw,
                                         meta: req.meta.clone(),
                                         origin: req.origin,
                                         envelope_from: req.envelope_from.clone(),
@@ -476,15 +468,21 @@ fn commit_batch(
                             }
                         }
                     };
-                    let (blob_no, chunks) = blob_id(&mut c)?;
+                    let raw = match archived {
+                        Some(r) => r,
+                        None => {
+                            let r = staged.push(&req.raw)?;
+                            archived = Some(r);
+                            r
+                        }
+                    };
                     let key = MessageKey {
                         list: target.list,
                         seq: next_seq(t, &mut c, target.list)?,
                     };
                     let stored = StoredMessage {
                         key,
-                        blob: blob_no,
-                        chunks,
+                        raw,
                         meta: req.meta.clone(),
                         origin: req.origin,
                         received_at: req.received_at,
@@ -555,13 +553,12 @@ fn commit_batch(
                     outcomes.push(TargetOutcome::Archived(key));
                 }
                 other => {
-                    let (blob_no, chunks) = blob_id(&mut c)?;
+                    let raw = staged.push(&req.raw)?;
                     let n = next_from_last(&t.inbox, &mut c.next_inbox)?;
                     let entry = InboxEntry {
                         list: target.list,
                         kind: other.clone(),
-                        blob: blob_no,
-                        chunks,
+                        raw,
                         envelope_from: req.envelope_from.clone(),
                         received_at: req.received_at,
                     };
@@ -581,11 +578,19 @@ fn commit_batch(
     }
     let thread_log = thread_log.into_batch(&t.thread_log)?;
 
+    // The bytes first, durably: no record may point at bytes a crash could lose.
+    if let Err((e, fatal)) = ctx.spool.write(staged) {
+        if fatal {
+            ctx.failed.store(true, Ordering::SeqCst);
+        }
+        return Err(e);
+    }
+    let t = &ctx.trees;
+
     // Trees commit in this order, and readers outside the transaction can see one tree's
     // writes before the next one's: the thread log goes before `messages`, so a message
     // that is visible always has its entry (the thread views rely on it).
     let r: Result<(), TransactionError<()>> = (
-        &t.blobs,
         &t.thread_log,
         &t.messages,
         &t.msgid,
@@ -598,11 +603,10 @@ fn commit_batch(
         &t.fanout,
         &t.digest,
     )
-        .transaction(|(tb, tt, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg)| {
+        .transaction(|(tt, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg)| {
             th.apply_batch(&held)?;
             tf.apply_batch(&fanout)?;
             tdg.apply_batch(&digest)?;
-            tb.apply_batch(&blobs)?;
             tt.apply_batch(&thread_log)?;
             tm.apply_batch(&messages)?;
             ti.apply_batch(&msgid)?;

@@ -7,7 +7,7 @@
 //! transaction and then making it durable means a crash leaves either all of a step or none.
 
 use crate::keys;
-use crate::records::{FanoutJob, HeldPost, InboxEntry, ListRecord, LogEntry, Pending, RetryEntry};
+use crate::records::{BlobRef, FanoutJob, HeldPost, InboxEntry, ListRecord, LogEntry, Pending, RetryEntry};
 use crate::{corrupt, Store, StoreError};
 use plenary_core::list::{ListSettings, Member};
 use plenary_core::{ListId, MemberAddress, MessageKey};
@@ -31,8 +31,8 @@ pub enum Write {
     RemoveRetry(u64, MemberAddress),
     /// The engine handled this inbox entry; `true` also frees its stored bytes.
     InboxDone(u64, bool),
-    /// Free a stored blob (after a forward job ends).
-    RemoveBlob(u64, u32),
+    /// Free a stored message's bytes (after a forward job ends).
+    RemoveBlob(BlobRef),
     /// These posts went into a digest.
     DigestTaken(Vec<MessageKey>),
     PutList(ListRecord),
@@ -62,12 +62,16 @@ impl Store {
         }
         let t = self.trees();
         let work = writes.iter().any(|w| matches!(w, Write::PutJob(_)));
+        // Bytes to erase from the spool once the records pointing at them are durably gone
+        // (refilled on every run of the closure: sled may retry a transaction).
+        let freed = std::cell::RefCell::new(Vec::<BlobRef>::new());
         let r: Result<(), TransactionError<()>> = (
-            &t.members, &t.unsub, &t.tokens, &t.held, &t.modlog, &t.fanout, &t.retries, &t.inbox, &t.blobs, &t.digest,
-            &t.lists, &t.meta,
+            &t.members, &t.unsub, &t.tokens, &t.held, &t.modlog, &t.fanout, &t.retries, &t.inbox, &t.digest, &t.lists,
+            &t.meta,
         )
             .transaction(
-                |(members, unsub, tokens, held, modlog, fanout, retries, inbox, blobs, digest, lists, meta)| {
+                |(members, unsub, tokens, held, modlog, fanout, retries, inbox, digest, lists, meta)| {
+                    freed.borrow_mut().clear();
                     for w in &writes {
                         match w {
                             Write::PutMember(list, m) => {
@@ -103,9 +107,7 @@ impl Store {
                                 if let Some(v) = held.remove(&id.to_be_bytes())? {
                                     if *free {
                                         if let Ok(h) = serde_json::from_slice::<HeldPost>(&v) {
-                                            for n in 0..h.chunks {
-                                                blobs.remove(&keys::blob_chunk(h.blob, n))?;
-                                            }
+                                            freed.borrow_mut().push(h.raw);
                                         }
                                     }
                                 }
@@ -131,17 +133,13 @@ impl Store {
                                 if let Some(v) = inbox.remove(&n.to_be_bytes())? {
                                     if *free {
                                         if let Ok(e) = serde_json::from_slice::<InboxEntry>(&v) {
-                                            for c in 0..e.chunks {
-                                                blobs.remove(&keys::blob_chunk(e.blob, c))?;
-                                            }
+                                            freed.borrow_mut().push(e.raw);
                                         }
                                     }
                                 }
                             }
-                            Write::RemoveBlob(blob, chunks) => {
-                                for c in 0..*chunks {
-                                    blobs.remove(&keys::blob_chunk(*blob, c))?;
-                                }
+                            Write::RemoveBlob(raw) => {
+                                freed.borrow_mut().push(*raw);
                             }
                             Write::DigestTaken(keys_) => {
                                 for k in keys_ {
@@ -164,8 +162,15 @@ impl Store {
             }
             Err(TransactionError::Abort(())) => return Err(StoreError::Failed),
         }
-        if durable {
+        let freed = freed.into_inner();
+        if durable || !freed.is_empty() {
             self.sync()?;
+        }
+        for raw in &freed {
+            // The records are durably gone; if erasing fails the bytes are only unreferenced.
+            if let Err(e) = self.spool().erase(raw) {
+                tracing::warn!(error = %e, "could not erase a freed message from the spool");
+            }
         }
         if work {
             self.work_notify().notify_one();
@@ -271,7 +276,7 @@ impl Store {
 
     /// The raw bytes of a held post.
     pub fn held_raw(&self, h: &HeldPost) -> Result<Vec<u8>, StoreError> {
-        self.blob(h.blob, h.chunks, h.meta.size as usize)
+        self.spool().read(&h.raw)
     }
 
     /// The moderation and membership log, oldest first.
@@ -370,12 +375,12 @@ impl Store {
     }
 
     pub fn inbox_raw(&self, e: &InboxEntry) -> Result<Vec<u8>, StoreError> {
-        self.blob(e.blob, e.chunks, 0)
+        self.spool().read(&e.raw)
     }
 
-    /// Raw bytes of a stored blob (a forward job's message).
-    pub fn blob_raw(&self, blob: u64, chunks: u32) -> Result<Vec<u8>, StoreError> {
-        self.blob(blob, chunks, 0)
+    /// Raw bytes of a stored message (a forward job's message).
+    pub fn blob_raw(&self, raw: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        self.spool().read(raw)
     }
 
     /// Posts waiting for a digest, per list: (key, received_at), oldest first.

@@ -19,13 +19,6 @@ pub fn date_from_bytes(b: &[u8]) -> Option<i64> {
     Some((be_u64(b)? ^ (1 << 63)) as i64)
 }
 
-pub fn blob_chunk(blob: u64, chunk: u32) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..8].copy_from_slice(&blob.to_be_bytes());
-    k[8..].copy_from_slice(&chunk.to_be_bytes());
-    k
-}
-
 pub fn msgid(list: ListId, id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + id.len());
     k.extend_from_slice(&list.0.to_be_bytes());

@@ -1,19 +1,21 @@
-//! The store: sled holds every raw message, its metadata, the lists and the work queues.
+//! The store: sled holds the metadata of every message, the lists and the work queues; the
+//! raw messages themselves live in the spool beside it (`spool.rs`).
 //!
-//! This is the only crate that touches sled. The rest of the system sees [`Store`], a cheap
-//! clonable handle, and the plain records in [`records`].
+//! This is the only crate that touches sled or the spool. The rest of the system sees
+//! [`Store`], a cheap clonable handle, and the plain records in [`records`].
 //!
 //! Durability (see ARCHITECTURE.md and SECURITY.md §d): sled 0.34 buffers writes in memory,
 //! its `flush()` uses `sync_file_range` (which does not persist the file size), and values
 //! over ~128 KiB go to blob files that are never fsynced. So:
-//! - raw messages are split into chunks of at most [`CHUNK_SIZE`] bytes, which keeps every
-//!   value in sled's main log and out of the blob path;
-//! - all writes for a message (chunks, metadata, Message-ID index, date index, thread links,
+//! - raw messages never go into sled: the committer appends a batch's messages to a spool
+//!   segment and `fdatasync`s it before the sled records that point at them are written,
+//!   and every sled value stays small (metadata, never a whole message);
+//! - all sled writes for a message (metadata, Message-ID index, date index, thread links,
 //!   index queue) go into one multi-tree transaction;
 //! - one committer thread gathers the messages of every waiting session into a single
-//!   transaction, then calls `flush()` and `fsync`s the sled `db` file through its own file
-//!   handle (fsync covers the inode, so the size metadata too), and only then answers all
-//!   of them: this is the group commit that lets SMTP reply `250`.
+//!   spool write and a single transaction, then calls `flush()` and `fsync`s the sled `db`
+//!   file through its own file handle (fsync covers the inode, so the size metadata too),
+//!   and only then answers all of them: this is the group commit that lets SMTP reply `250`.
 //! - after a sled I/O error every later call fails until the database is reopened, so the
 //!   store marks itself failed, answers every caller with [`StoreError::Failed`], and the
 //!   daemon exits to be restarted (fail-stop, never "retry and assume success").
@@ -23,13 +25,14 @@ mod engine;
 mod keys;
 mod read;
 pub mod records;
+mod spool;
 mod threadlog;
 
 pub use commit::{IngestRequest, IngestTarget, PostHandling, TargetOutcome};
 pub use engine::Write;
 pub use records::{
-    FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, LogEntry, MonthCount, Pending, PendingAction, RetryEntry,
-    StoredMessage,
+    BlobRef, FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, LogEntry, MonthCount, Pending, PendingAction,
+    RetryEntry, StoredMessage,
 };
 
 use std::fs::File;
@@ -39,11 +42,9 @@ use std::sync::Arc;
 
 pub use threadlog::THREAD_CHUNK;
 
-/// Largest value we write for a piece of a raw message (well under sled's blob threshold).
-pub const CHUNK_SIZE: usize = 32 * 1024;
-
-/// Schema version written at creation; a mismatch refuses to open.
-const SCHEMA_VERSION: u64 = 1;
+/// Schema version written at creation; a mismatch refuses to open. 2: raw messages in the
+/// spool instead of sled's `blobs` tree.
+const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,10 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("cannot open the database at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
-    #[error("database at {path} has schema version {found}, this build expects {SCHEMA_VERSION}")]
+    #[error(
+        "database at {path} has schema version {found}, this build expects {SCHEMA_VERSION}: \
+         import the archive again into a new data directory (`plenary import`)"
+    )]
     Schema { path: PathBuf, found: u64 },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
@@ -129,8 +133,6 @@ pub(crate) struct Trees {
     pub lists: sled::Tree,
     /// List id (4 bytes BE) → list address.
     pub list_ids: sled::Tree,
-    /// Blob id (8) + chunk number (4) → up to [`CHUNK_SIZE`] raw bytes.
-    pub blobs: sled::Tree,
     /// [`MessageKey`](plenary_core::MessageKey) (12) → [`StoredMessage`] (JSON).
     pub messages: sled::Tree,
     /// List id (4) + Message-ID → sequence number (8): dedupe and permalinks.
@@ -176,6 +178,8 @@ pub(crate) struct Trees {
 struct Inner {
     db: sled::Db,
     trees: Trees,
+    /// The raw messages (read side; the committer thread owns the writer).
+    spool: Arc<spool::Spool>,
     settings: StoreSettings,
     db_file: File,
     failed: Arc<AtomicBool>,
@@ -223,7 +227,6 @@ impl Store {
         let trees = Trees {
             lists: t("lists")?,
             list_ids: t("list_ids")?,
-            blobs: t("blobs")?,
             messages: t("messages")?,
             msgid: t("msgid")?,
             by_date: t("by_date")?,
@@ -256,6 +259,7 @@ impl Store {
             }
         }
         threadlog::backfill(&db, &trees)?;
+        let (spool, spool_writer) = spool::Spool::open(settings.data_dir.join("spool"))?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
         let failed = Arc::new(AtomicBool::new(false));
@@ -265,6 +269,7 @@ impl Store {
         let committer = commit::CommitterHandle::start(commit::CommitCtx {
             db: db.clone(),
             trees: trees.clone(),
+            spool: spool_writer,
             db_file: db_file.try_clone().map_err(|source| StoreError::Io {
                 path: dir.join("db"),
                 source,
@@ -279,6 +284,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 trees,
+                spool,
                 settings,
                 db_file,
                 failed,
@@ -293,6 +299,10 @@ impl Store {
 
     pub(crate) fn trees(&self) -> &Trees {
         &self.inner.trees
+    }
+
+    pub(crate) fn spool(&self) -> &spool::Spool {
+        &self.inner.spool
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -72,26 +72,9 @@ impl Store {
         }
     }
 
-    /// The raw bytes of a stored message, reassembled from its chunks.
+    /// The raw bytes of a stored message.
     pub fn raw(&self, msg: &StoredMessage) -> Result<Vec<u8>, StoreError> {
-        self.blob(msg.blob, msg.chunks, msg.meta.size as usize)
-    }
-
-    pub(crate) fn blob(&self, blob: u64, chunks: u32, size_hint: usize) -> Result<Vec<u8>, StoreError> {
-        let mut out = Vec::with_capacity(size_hint);
-        let mut n = 0u32;
-        for kv in self.trees().blobs.scan_prefix(blob.to_be_bytes()) {
-            let (_, v) = kv?;
-            out.extend_from_slice(&v);
-            n += 1;
-        }
-        if n != chunks {
-            return Err(corrupt(
-                format!("blob {blob}"),
-                format!("expected {chunks} chunks, found {n}"),
-            ));
-        }
-        Ok(out)
+        self.spool().read(&msg.raw)
     }
 
     /// Find a message of a list by Message-ID (without angle brackets).

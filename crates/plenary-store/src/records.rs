@@ -1,6 +1,7 @@
 //! Plain records stored in sled as JSON. Internal to the daemon: no compatibility promise
 //! beyond the schema version in the `meta` tree.
 
+pub use crate::spool::BlobRef;
 use plenary_core::list::{Delivery, JoinedVia, ListSettings};
 use plenary_core::{ListAddress, ListId, MemberAddress, MessageKey, MessageMeta, Origin, RecipientKind};
 use serde::{Deserialize, Serialize};
@@ -24,9 +25,8 @@ pub struct ListRecord {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     pub key: MessageKey,
-    /// Where its raw bytes live in the `blobs` tree.
-    pub blob: u64,
-    pub chunks: u32,
+    /// Where its raw bytes live in the spool.
+    pub raw: BlobRef,
     pub meta: MessageMeta,
     pub origin: Origin,
     /// Unix seconds when the store committed it.
@@ -49,8 +49,7 @@ impl std::fmt::Debug for StoredMessage {
 pub struct InboxEntry {
     pub list: ListId,
     pub kind: RecipientKind,
-    pub blob: u64,
-    pub chunks: u32,
+    pub raw: BlobRef,
     pub envelope_from: String,
     pub received_at: i64,
 }
@@ -68,8 +67,7 @@ pub struct MonthCount {
 pub struct HeldPost {
     pub id: u64,
     pub list: ListId,
-    pub blob: u64,
-    pub chunks: u32,
+    pub raw: BlobRef,
     pub meta: MessageMeta,
     pub origin: Origin,
     pub envelope_from: String,
@@ -145,11 +143,7 @@ pub enum JobKind {
     /// A message the list composed (confirmation, notice) to named recipients.
     Notice { to: Vec<MemberAddress>, raw: String },
     /// Stored mail (owner mail) forwarded to named recipients.
-    Forward {
-        to: Vec<MemberAddress>,
-        blob: u64,
-        chunks: u32,
-    },
+    Forward { to: Vec<MemberAddress>, raw: BlobRef },
 }
 
 /// A durable delivery job. Recipients are walked in address order; `cursor` is the last

@@ -27,7 +27,7 @@ fn req(list: plenary_core::ListId, raw: &[u8], kind: RecipientKind) -> IngestReq
 }
 
 #[tokio::test]
-async fn ingest_dedupes_chunks_and_survives_reopen() {
+async fn ingest_dedupes_and_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = ListAddress::parse("l@x.org").expect("addr");
     let big_body = "x".repeat(200_000);
@@ -66,7 +66,7 @@ async fn ingest_dedupes_chunks_and_survives_reopen() {
     }
     let store = Store::open(settings(dir.path())).expect("reopen");
     let m = store.message(key).expect("read").expect("present");
-    assert_eq!(m.chunks, 7, "200 KB must be split into 32 KiB chunks");
+    assert_eq!(m.raw.len as usize, raw.len(), "the whole message is one spool record");
     assert_eq!(store.raw(&m).expect("raw"), raw.as_bytes());
     assert_eq!(store.find(key.list, "m1@x").expect("find"), Some(key));
     assert_eq!(store.children(key.list, "m1@x").expect("children").len(), 1);
@@ -338,4 +338,80 @@ async fn concurrent_posts_share_durable_commits() {
         "64 concurrent posts took {batches} durable commits: no group commit"
     );
     assert_eq!(store.last_seq(list.id).expect("seq"), 64);
+}
+
+/// Every spool segment's bytes, concatenated.
+fn spool_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir.join("spool")).expect("spool dir") {
+        out.extend(std::fs::read(e.expect("entry").path()).expect("segment"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn handled_mail_is_erased_without_touching_what_another_list_archived() {
+    use plenary_core::list::PostingPolicy;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let a = store
+        .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
+        .expect("create");
+    let b = store
+        .create_list(&ListAddress::parse("b@x.org").expect("addr"), "B", "")
+        .expect("create");
+    let mut s = a.settings.clone();
+    s.posting = PostingPolicy::Moderated;
+    store.set_list_settings(a.address.as_str(), s).expect("moderate a");
+    let mut s = b.settings.clone();
+    s.posting = PostingPolicy::Open;
+    store.set_list_settings(b.address.as_str(), s).expect("open b");
+
+    // One message cross-posted to A (held) and B (archived), and sent to B's owners.
+    let raw = b"Message-ID: <cross@x>\r\nFrom: ana@example.net\r\nSubject: cross\r\n\r\ncrossposted body\r\n";
+    let mut r = req(a.id, raw, RecipientKind::Post);
+    r.handling = PostHandling::ByPolicy;
+    r.targets = vec![
+        IngestTarget {
+            list: a.id,
+            kind: RecipientKind::Post,
+        },
+        IngestTarget {
+            list: b.id,
+            kind: RecipientKind::Post,
+        },
+        IngestTarget {
+            list: b.id,
+            kind: RecipientKind::Owner,
+        },
+    ];
+    let out = store.ingest(r).await.expect("ingest");
+    let (TargetOutcome::Held(held), TargetOutcome::Archived(key), TargetOutcome::Inbox(inbox)) =
+        (out[0], out[1], out[2])
+    else {
+        panic!("expected held, archived and inbox, got {out:?}")
+    };
+    // The moderator discards A's copy and the engine handles the owner mail: both free
+    // their bytes, and B's archived message must still read back whole.
+    store
+        .apply(vec![Write::RemoveHeld(held, true), Write::InboxDone(inbox, true)])
+        .expect("apply");
+    let m = store.message(key).expect("read").expect("archived");
+    assert_eq!(store.raw(&m).expect("B's copy survives"), raw);
+
+    // A post only held, then discarded: its bytes are gone from the disk, not just unlisted.
+    let secret = b"Message-ID: <gone@x>\r\nFrom: ana@example.net\r\n\r\nunique-secret-marker-8231\r\n";
+    let mut r = req(a.id, secret, RecipientKind::Post);
+    r.handling = PostHandling::ByPolicy;
+    let out = store.ingest(r).await.expect("ingest");
+    let TargetOutcome::Held(held) = out[0] else {
+        panic!("expected held, got {out:?}")
+    };
+    let marker: &[u8] = b"unique-secret-marker-8231";
+    assert!(spool_bytes(dir.path()).windows(marker.len()).any(|w| w == marker));
+    let h = store.held_post(held).expect("read").expect("held");
+    store.apply(vec![Write::RemoveHeld(held, true)]).expect("discard");
+    assert!(!spool_bytes(dir.path()).windows(marker.len()).any(|w| w == marker));
+    assert!(store.held_raw(&h).is_err(), "erased bytes must not read back");
+    assert_eq!(store.raw(&m).expect("B's copy still there"), raw);
 }
