@@ -23,6 +23,7 @@
 mod commit;
 mod engine;
 mod keys;
+mod migrate;
 mod read;
 pub mod records;
 mod spool;
@@ -42,8 +43,8 @@ use std::sync::Arc;
 
 pub use threadlog::THREAD_CHUNK;
 
-/// Schema version written at creation; a mismatch refuses to open. 2: raw messages in the
-/// spool instead of sled's `blobs` tree.
+/// Schema version written at creation; a newer one refuses to open. 2: raw messages in the
+/// spool instead of sled's `blobs` tree (schema 1 is migrated at open, `migrate.rs`).
 const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store.
@@ -54,10 +55,7 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("cannot open the database at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
-    #[error(
-        "database at {path} has schema version {found}, this build expects {SCHEMA_VERSION}: \
-         import the archive again into a new data directory (`plenary import`)"
-    )]
+    #[error("database at {path} has schema version {found}, which this build (schema {SCHEMA_VERSION}) cannot read")]
     Schema { path: PathBuf, found: u64 },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
@@ -246,6 +244,9 @@ impl Store {
             digest: t("digest")?,
             rate: t("rate")?,
         };
+        let (spool, mut spool_writer) = spool::Spool::open(settings.data_dir.join("spool"))?;
+        let db_path = dir.join("db");
+        let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
         match trees.meta.get(b"schema")? {
             None => {
                 trees.meta.insert(b"schema", &SCHEMA_VERSION.to_be_bytes())?;
@@ -253,15 +254,19 @@ impl Store {
             }
             Some(v) => {
                 let found = keys::be_u64(&v).unwrap_or(0);
-                if found != SCHEMA_VERSION {
+                if found == 1 {
+                    let moved = migrate::v1_to_v2(&db, &trees, &mut spool_writer)?;
+                    commit::make_durable(&db, &db_file, &settings)?;
+                    tracing::info!(
+                        records = moved,
+                        "moved the raw messages from sled into the spool (schema 1 to 2)"
+                    );
+                } else if found != SCHEMA_VERSION {
                     return Err(StoreError::Schema { path: dir, found });
                 }
             }
         }
         threadlog::backfill(&db, &trees)?;
-        let (spool, spool_writer) = spool::Spool::open(settings.data_dir.join("spool"))?;
-        let db_path = dir.join("db");
-        let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
         let failed = Arc::new(AtomicBool::new(false));
         let index_notify = Arc::new(tokio::sync::Notify::new());
         let work_notify = Arc::new(tokio::sync::Notify::new());

@@ -233,6 +233,11 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// Bytes gathered so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Add `bytes` to the batch and return where they will be once written.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
         let len = u32::try_from(bytes.len()).map_err(|_| StoreError::Corrupt {

@@ -415,3 +415,90 @@ async fn handled_mail_is_erased_without_touching_what_another_list_archived() {
     assert!(store.held_raw(&h).is_err(), "erased bytes must not read back");
     assert_eq!(store.raw(&m).expect("B's copy still there"), raw);
 }
+
+#[tokio::test]
+async fn a_schema_1_store_is_migrated_into_the_spool() {
+    use plenary_core::list::PostingPolicy;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = format!(
+        "Message-ID: <old@x>\r\nFrom: ana@example.net\r\nSubject: old\r\n\r\n{}\r\n",
+        "an old body ".repeat(6_000)
+    );
+    let raw = raw.as_bytes();
+    let (key, held) = {
+        let store = Store::open(settings(dir.path())).expect("open");
+        let a = store
+            .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
+            .expect("create");
+        let b = store
+            .create_list(&ListAddress::parse("b@x.org").expect("addr"), "B", "")
+            .expect("create");
+        let mut s = a.settings.clone();
+        s.posting = PostingPolicy::Moderated;
+        store.set_list_settings(a.address.as_str(), s).expect("moderate a");
+        let mut s = b.settings.clone();
+        s.posting = PostingPolicy::Open;
+        store.set_list_settings(b.address.as_str(), s).expect("open b");
+        let mut r = req(a.id, raw, RecipientKind::Post);
+        r.handling = PostHandling::ByPolicy;
+        r.targets.push(IngestTarget {
+            list: b.id,
+            kind: RecipientKind::Post,
+        });
+        let out = store.ingest(r).await.expect("ingest");
+        let (TargetOutcome::Held(h), TargetOutcome::Archived(k)) = (out[0], out[1]) else {
+            panic!("expected held and archived, got {out:?}")
+        };
+        (k, h)
+    };
+    // Rewrite it as schema 1 left it: the bytes as 32 KiB chunks in a `blobs` tree, one blob
+    // shared by the archived message and the held post, and no spool.
+    {
+        let db = sled::open(dir.path().join("sled")).expect("sled");
+        let blobs = db.open_tree("blobs").expect("tree");
+        let mut chunks = 0u32;
+        for chunk in raw.chunks(32 * 1024) {
+            let mut k = 7u64.to_be_bytes().to_vec();
+            k.extend_from_slice(&chunks.to_be_bytes());
+            blobs.insert(k, chunk).expect("chunk");
+            chunks += 1;
+        }
+        assert_eq!(chunks, 3);
+        for (tree, k) in [
+            ("messages", key.to_bytes().to_vec()),
+            ("held", held.to_be_bytes().to_vec()),
+        ] {
+            let t = db.open_tree(tree).expect("tree");
+            let v = t.get(&k).expect("get").expect("record");
+            let mut j: serde_json::Value = serde_json::from_slice(&v).expect("json");
+            let o = j.as_object_mut().expect("object");
+            o.remove("raw");
+            o.insert("blob".into(), 7.into());
+            o.insert("chunks".into(), chunks.into());
+            t.insert(k, serde_json::to_vec(&j).expect("json")).expect("put");
+        }
+        db.open_tree("meta")
+            .expect("meta")
+            .insert(b"schema", &1u64.to_be_bytes())
+            .expect("schema");
+        db.flush().expect("flush");
+    }
+    std::fs::remove_dir_all(dir.path().join("spool")).expect("remove spool");
+
+    let store = Store::open(settings(dir.path())).expect("the migrating open");
+    let m = store.message(key).expect("read").expect("archived");
+    assert_eq!(store.raw(&m).expect("migrated"), raw);
+    let h = store.held_post(held).expect("read").expect("held");
+    assert_eq!(store.held_raw(&h).expect("migrated"), raw);
+    assert_ne!(m.raw, h.raw, "the held post gets a copy of its own");
+    store.apply(vec![Write::RemoveHeld(held, true)]).expect("discard");
+    assert_eq!(store.raw(&m).expect("the archived copy survives"), raw);
+    drop(store);
+
+    // Migrated once: the old tree is gone and a second open changes nothing.
+    let store = Store::open(settings(dir.path())).expect("reopen");
+    assert!(!store.inner.db.tree_names().iter().any(|n| n == b"blobs"));
+    let m2 = store.message(key).expect("read").expect("archived");
+    assert_eq!(m2.raw, m.raw);
+    assert_eq!(store.raw(&m2).expect("raw"), raw);
+}

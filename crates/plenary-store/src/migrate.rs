@@ -1,0 +1,119 @@
+//! Schema 1 → 2: raw messages move from sled's `blobs` tree (32 KiB chunks under a blob id)
+//! into the spool, and every record that pointed at a blob id gets a [`BlobRef`] instead.
+//!
+//! Runs at open, before anything else uses the store. Restartable: records are rewritten
+//! only after the bytes they point at are durable in the spool, a rewritten record has no
+//! `blob` field and is skipped by a second run, and the `blobs` tree and the schema number
+//! change last. Archived messages that shared a blob share one spool copy; a held post, an
+//! inbox entry or a forward job gets a copy of its own, because those are erased when they
+//! are handled (in schema 1 they shared the archived copy, and erasing one destroyed it).
+
+use crate::spool::{BlobRef, SpoolWriter, Staged};
+use crate::{corrupt, StoreError, Trees};
+use std::collections::HashMap;
+
+/// Spool bytes gathered before one durable write.
+const BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// A record to rewrite once the bytes it points at are durable.
+struct Pending {
+    tree: sled::Tree,
+    key: sled::IVec,
+    value: Vec<u8>,
+}
+
+pub(crate) fn v1_to_v2(db: &sled::Db, trees: &Trees, spool: &mut SpoolWriter) -> Result<u64, StoreError> {
+    let blobs = db.open_tree("blobs")?;
+    let mut archived: HashMap<u64, BlobRef> = HashMap::new();
+    let mut staged = spool.begin()?;
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut moved = 0u64;
+    let sources = [
+        (&trees.messages, "messages", false),
+        (&trees.held, "held", true),
+        (&trees.inbox, "inbox", true),
+        (&trees.fanout, "fanout", true),
+    ];
+    for (tree, name, own_copy) in sources {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            let mut value: serde_json::Value = serde_json::from_slice(&v).map_err(|e| corrupt(name, e))?;
+            let holder = if name == "fanout" {
+                value
+                    .get_mut("what")
+                    .filter(|w| w.get("kind").and_then(|k| k.as_str()) == Some("forward"))
+            } else {
+                Some(&mut value)
+            };
+            let Some(obj) = holder.and_then(|h| h.as_object_mut()) else {
+                continue;
+            };
+            let (Some(id), Some(chunks)) = (
+                obj.get("blob").and_then(|x| x.as_u64()),
+                obj.get("chunks").and_then(|x| x.as_u64()),
+            ) else {
+                continue;
+            };
+            let r = match archived.get(&id) {
+                Some(r) if !own_copy => *r,
+                _ => {
+                    let r = staged.push(&read_v1(&blobs, id, chunks)?)?;
+                    if !own_copy {
+                        archived.insert(id, r);
+                    }
+                    r
+                }
+            };
+            obj.remove("blob");
+            obj.remove("chunks");
+            obj.insert("raw".into(), serde_json::to_value(r).map_err(|e| corrupt(name, e))?);
+            let value = serde_json::to_vec(&value).map_err(|e| corrupt(name, e))?;
+            pending.push(Pending {
+                tree: tree.clone(),
+                key: k,
+                value,
+            });
+            moved += 1;
+            if staged.bytes() >= BATCH_BYTES {
+                staged = flush(db, spool, staged, &mut pending)?;
+            }
+        }
+    }
+    flush(db, spool, staged, &mut pending)?;
+    db.drop_tree("blobs")?;
+    trees.meta.insert(b"schema", &2u64.to_be_bytes())?;
+    db.flush()?;
+    Ok(moved)
+}
+
+/// Make the staged bytes durable, then write the records that point at them.
+fn flush(
+    db: &sled::Db,
+    spool: &mut SpoolWriter,
+    staged: Staged,
+    pending: &mut Vec<Pending>,
+) -> Result<Staged, StoreError> {
+    spool.write(staged).map_err(|(e, _)| e)?;
+    for p in pending.drain(..) {
+        p.tree.insert(p.key, p.value)?;
+    }
+    db.flush()?;
+    spool.begin()
+}
+
+fn read_v1(blobs: &sled::Tree, id: u64, chunks: u64) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    for kv in blobs.scan_prefix(id.to_be_bytes()) {
+        let (_, v) = kv?;
+        out.extend_from_slice(&v);
+        n += 1;
+    }
+    if n != chunks {
+        return Err(corrupt(
+            format!("blob {id}"),
+            format!("expected {chunks} chunks, found {n}"),
+        ));
+    }
+    Ok(out)
+}
