@@ -940,7 +940,16 @@ impl Engine {
                     continue;
                 }
             };
-            let raw = self.store.inbox_raw(&entry)?;
+            let raw = match self.store.inbox_raw(&entry) {
+                Ok(raw) => raw,
+                // Unreadable bytes (damaged spool) must not stop every later command mail.
+                Err(e @ plenary_store::StoreError::Corrupt { .. }) => {
+                    tracing::error!(list = %list.address, error = %e, "dropping unreadable command or owner mail");
+                    self.store.apply(vec![Write::InboxDone(seq, false)])?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mail = Incoming::parse(&raw, &list.address);
             let mut writes = Vec::new();
             let mut keep_blob = false;

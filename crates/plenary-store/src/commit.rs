@@ -578,7 +578,16 @@ fn commit_batch(
     }
     let thread_log = thread_log.into_batch(&t.thread_log)?;
 
-    // The bytes first, durably: no record may point at bytes a crash could lose.
+    // The bytes first, durably: no record may point at bytes a crash could lose. The new
+    // end of the spool goes into the same transaction as the records (checked at open).
+    let mut spool_end = Batch::default();
+    if staged.bytes() > 0 {
+        let (seg, off) = ctx.spool.end();
+        spool_end.insert(
+            crate::SPOOL_END,
+            &crate::spool::mark_bytes(seg, off + staged.bytes() as u64),
+        );
+    }
     if let Err((e, fatal)) = ctx.spool.write(staged) {
         if fatal {
             ctx.failed.store(true, Ordering::SeqCst);
@@ -602,8 +611,10 @@ fn commit_batch(
         &t.held,
         &t.fanout,
         &t.digest,
+        &t.meta,
     )
-        .transaction(|(tt, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg)| {
+        .transaction(|(tt, tm, ti, td, tc, tmo, tin, tq, th, tf, tdg, tme)| {
+            tme.apply_batch(&spool_end)?;
             th.apply_batch(&held)?;
             tf.apply_batch(&fanout)?;
             tdg.apply_batch(&digest)?;

@@ -21,6 +21,8 @@ pub enum Write {
     RemoveMember(ListId, MemberAddress),
     PutToken(String, Pending),
     RemoveToken(String),
+    /// Update a held post that is still in the queue. One that a moderator removed meanwhile
+    /// stays removed: writing it back would point at bytes that were erased.
     PutHeld(HeldPost),
     /// Remove a held post; `true` also frees its stored bytes.
     RemoveHeld(u64, bool),
@@ -101,7 +103,9 @@ impl Store {
                                 tokens.remove(tok.as_bytes())?;
                             }
                             Write::PutHeld(h) => {
-                                held.insert(&h.id.to_be_bytes(), json(h))?;
+                                if held.get(h.id.to_be_bytes())?.is_some() {
+                                    held.insert(&h.id.to_be_bytes(), json(h))?;
+                                }
                             }
                             Write::RemoveHeld(id, free) => {
                                 if let Some(v) = held.remove(&id.to_be_bytes())? {

@@ -43,6 +43,9 @@ use std::sync::Arc;
 
 pub use threadlog::THREAD_CHUNK;
 
+/// `meta` key of the spool's high-water mark (see `spool::mark_bytes`).
+pub(crate) const SPOOL_END: &[u8] = b"spool_end";
+
 /// Schema version written at creation; a newer one refuses to open. 2: raw messages in the
 /// spool instead of sled's `blobs` tree (schema 1 is migrated at open, `migrate.rs`).
 const SCHEMA_VERSION: u64 = 2;
@@ -89,7 +92,8 @@ impl StoreError {
 /// every later caller a copy of the error that keeps the kind (`StorageFull`) but not the
 /// OS error number.
 fn is_enospc(e: &std::io::Error) -> bool {
-    e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull
+    // ENOSPC, or EDQUOT (a quota is as full as a disk for the sender).
+    matches!(e.raw_os_error(), Some(28) | Some(122)) || e.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// A stored value that does not decode, named by its key.
@@ -244,7 +248,8 @@ impl Store {
             digest: t("digest")?,
             rate: t("rate")?,
         };
-        let (spool, mut spool_writer) = spool::Spool::open(settings.data_dir.join("spool"))?;
+        let mark = trees.meta.get(SPOOL_END)?.and_then(|v| spool::parse_mark(&v));
+        let (spool, mut spool_writer) = spool::Spool::open(settings.data_dir.join("spool"), mark)?;
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|source| StoreError::Io { path: db_path, source })?;
         match trees.meta.get(b"schema")? {
@@ -255,6 +260,7 @@ impl Store {
             Some(v) => {
                 let found = keys::be_u64(&v).unwrap_or(0);
                 if found == 1 {
+                    tracing::info!("moving the raw messages from sled into the spool (schema 1 to 2)");
                     let moved = migrate::v1_to_v2(&db, &trees, &mut spool_writer)?;
                     commit::make_durable(&db, &db_file, &settings)?;
                     tracing::info!(

@@ -29,7 +29,8 @@ use std::sync::{Arc, RwLock};
 /// A segment is closed for appends once it holds this much (a batch may overshoot it).
 pub(crate) const SEGMENT_BYTES: u64 = 128 * 1024 * 1024;
 
-/// Where a raw message lives in the spool.
+/// Where a raw message lives in the spool. Segment 0 never exists: [`BlobRef::LOST`] marks
+/// a message whose bytes were already gone when a schema 1 store was migrated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BlobRef {
     /// Segment number (file `spool/{seg:08}.seg`).
@@ -40,6 +41,39 @@ pub struct BlobRef {
     pub len: u32,
     /// CRC-32 (IEEE) of the bytes.
     pub crc: u32,
+}
+
+impl BlobRef {
+    pub const LOST: BlobRef = BlobRef {
+        seg: 0,
+        off: 0,
+        len: 0,
+        crc: 1,
+    };
+}
+
+/// The high-water mark the committer records in sled with every batch: the spool must
+/// reach at least this far, or records would point past its end.
+pub(crate) fn mark_bytes(seg: u32, end: u64) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&seg.to_be_bytes());
+    b[4..].copy_from_slice(&end.to_be_bytes());
+    b
+}
+
+pub(crate) fn parse_mark(b: &[u8]) -> Option<(u32, u64)> {
+    let seg = u32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+    let end = u64::from_be_bytes(b.get(4..12)?.try_into().ok()?);
+    Some((seg, end))
+}
+
+/// `NNNNNNNN.seg` (exactly eight digits) → its number; anything else is not a segment.
+fn segment_number(name: &str) -> Option<u32> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 8 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// Read side of the spool, shared by every store handle: open segment files, by number.
@@ -66,26 +100,39 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl Spool {
     /// Open (or create) `dir` and return the reader and the writer, which appends to the
-    /// newest segment (or a first one).
-    pub(crate) fn open(dir: PathBuf) -> Result<(Arc<Spool>, SpoolWriter), StoreError> {
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-            if let Some(parent) = dir.parent() {
-                sync_dir(parent)?;
-            }
+    /// newest segment (or a first one). `mark` is how far the database says the spool
+    /// reaches: a spool that ends before it (missing, truncated, restored from an older
+    /// backup than the database) is refused, because appending there would put new mail
+    /// where old records point.
+    pub(crate) fn open(dir: PathBuf, mark: Option<(u32, u64)>) -> Result<(Arc<Spool>, SpoolWriter), StoreError> {
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
         }
         let mut newest = 0u32;
         for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
             let entry = entry.map_err(|e| io(&dir, e))?;
-            let name = entry.file_name();
-            let Some(n) = name
-                .to_str()
-                .and_then(|s| s.strip_suffix(".seg"))
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            newest = newest.max(n);
+            if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
+                newest = newest.max(n);
+            }
+        }
+        let newest_len = if newest == 0 {
+            0
+        } else {
+            let path = dir.join(segment_name(newest));
+            std::fs::metadata(&path).map_err(|e| io(&path, e))?.len()
+        };
+        if let Some((seg, end)) = mark {
+            if (newest, newest_len) < (seg, end) {
+                return Err(crate::corrupt(
+                    dir.display(),
+                    format!(
+                        "the spool ends at segment {newest}, byte {newest_len}, but the database has \
+                         messages up to segment {seg}, byte {end}: the spool is missing or truncated \
+                         (restore sled/ and spool/ from the same backup)"
+                    ),
+                ));
+            }
         }
         let spool = Arc::new(Spool {
             dir: dir.clone(),
@@ -125,7 +172,24 @@ impl Spool {
 
     /// The bytes behind `r`, checked against its CRC.
     pub(crate) fn read(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        if r.seg == 0 {
+            return Err(crate::corrupt(
+                "spool",
+                "this message's bytes were already lost when the store was migrated to the spool",
+            ));
+        }
         let f = self.file(r.seg)?;
+        let path = self.dir.join(segment_name(r.seg));
+        let size = f.metadata().map_err(|e| io(&path, e))?.len();
+        if r.off.saturating_add(u64::from(r.len)) > size {
+            return Err(crate::corrupt(
+                path.display(),
+                format!(
+                    "a record points at bytes {}..+{} of a {size}-byte segment",
+                    r.off, r.len
+                ),
+            ));
+        }
         let mut buf = vec![0u8; r.len as usize];
         f.read_exact_at(&mut buf, r.off)
             .map_err(|e| io(&self.dir.join(segment_name(r.seg)), e))?;
@@ -172,16 +236,28 @@ pub(crate) struct SpoolWriter {
 }
 
 impl SpoolWriter {
+    /// A new, empty segment. An empty file left by an earlier attempt whose directory
+    /// fsync failed is taken over; a non-empty one is never written over.
     fn create(dir: PathBuf, seg: u32) -> Result<SpoolWriter, StoreError> {
         let path = dir.join(segment_name(seg));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| io(&path, e))?;
+        let len = file.metadata().map_err(|e| io(&path, e))?.len();
+        if len != 0 {
+            return Err(crate::corrupt(path.display(), "a new spool segment already holds data"));
+        }
         sync_dir(&dir)?;
         Ok(SpoolWriter { dir, seg, file, len: 0 })
+    }
+
+    /// Where the spool ends: what the database records as its high-water mark.
+    pub(crate) fn end(&self) -> (u32, u64) {
+        (self.seg, self.len)
     }
 
     /// Start a batch: moves to a new segment first if the current one is full.
@@ -263,7 +339,7 @@ mod tests {
     fn write_read_reopen_erase() -> Result<(), StoreError> {
         let tmp = tempfile::tempdir().map_err(|e| io(Path::new("tempdir"), e))?;
         let dir = tmp.path().join("spool");
-        let (spool, mut w) = Spool::open(dir.clone())?;
+        let (spool, mut w) = Spool::open(dir.clone(), None)?;
         let mut s = w.begin()?;
         let a = s.push(b"first message")?;
         let b = s.push(b"second")?;
@@ -274,7 +350,7 @@ mod tests {
         drop((spool, w));
 
         // Reopened, appends go after what is there.
-        let (spool, mut w) = Spool::open(dir.clone())?;
+        let (spool, mut w) = Spool::open(dir.clone(), None)?;
         let mut s = w.begin()?;
         let c = s.push(b"third")?;
         w.write(s).map_err(|e| e.0)?;
@@ -288,6 +364,21 @@ mod tests {
         assert!(matches!(spool.read(&a), Err(StoreError::Corrupt { .. })));
         assert_eq!(spool.read(&c)?, b"third");
 
+        // A spool that ends before the database's mark is refused.
+        assert!(matches!(
+            Spool::open(dir.clone(), Some((1, 25))),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(Spool::open(dir.clone(), Some((1, 24))).is_ok());
+        assert!(matches!(
+            Spool::open(dir.clone(), Some((2, 0))),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // A reference past the end is an error, not a huge allocation.
+        let past = BlobRef { len: 1 << 30, ..c };
+        assert!(matches!(spool.read(&past), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(spool.read(&BlobRef::LOST), Err(StoreError::Corrupt { .. })));
+
         // A flipped byte is caught by the CRC.
         let bad = BlobRef { crc: c.crc ^ 1, ..c };
         assert!(matches!(spool.read(&bad), Err(StoreError::Corrupt { .. })));
@@ -295,17 +386,25 @@ mod tests {
     }
 
     #[test]
+    fn only_eight_digit_names_are_segments() {
+        assert_eq!(segment_number("00000012.seg"), Some(12));
+        for bad in ["12.seg", "+0000012.seg", "00000012.seg.tmp", "0000001a.seg", "00000012"] {
+            assert_eq!(segment_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn a_full_segment_rolls_over() -> Result<(), StoreError> {
         let tmp = tempfile::tempdir().map_err(|e| io(Path::new("tempdir"), e))?;
         let dir = tmp.path().join("spool");
-        let (spool, mut w) = Spool::open(dir.clone())?;
+        let (spool, mut w) = Spool::open(dir.clone(), None)?;
         w.len = SEGMENT_BYTES; // as if the first segment were full
         let mut s = w.begin()?;
         let r = s.push(b"in the second segment")?;
         w.write(s).map_err(|e| e.0)?;
         assert_eq!((r.seg, r.off), (2, 0));
         assert_eq!(spool.read(&r)?, b"in the second segment");
-        let (_, w) = Spool::open(dir)?;
+        let (_, w) = Spool::open(dir, None)?;
         assert_eq!((w.seg, w.len), (2, 21));
         Ok(())
     }

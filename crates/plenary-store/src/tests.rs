@@ -425,7 +425,7 @@ async fn a_schema_1_store_is_migrated_into_the_spool() {
         "an old body ".repeat(6_000)
     );
     let raw = raw.as_bytes();
-    let (key, held) = {
+    let (key, held, lost) = {
         let store = Store::open(settings(dir.path())).expect("open");
         let a = store
             .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
@@ -449,7 +449,25 @@ async fn a_schema_1_store_is_migrated_into_the_spool() {
         let (TargetOutcome::Held(h), TargetOutcome::Archived(k)) = (out[0], out[1]) else {
             panic!("expected held and archived, got {out:?}")
         };
-        (k, h)
+        // Two more archived messages and a command mail, to be given lost blobs below.
+        let mut lost = Vec::new();
+        for id in ["lost@x", "reused@x"] {
+            let m = format!("Message-ID: <{id}>\r\nSubject: x\r\n\r\nbody\r\n");
+            let out = store
+                .ingest(req(b.id, m.as_bytes(), RecipientKind::Post))
+                .await
+                .expect("ingest");
+            let TargetOutcome::Archived(k) = out[0] else {
+                panic!("expected archived, got {out:?}")
+            };
+            lost.push(k);
+        }
+        let out = store
+            .ingest(req(b.id, b"Subject: subscribe\r\n\r\n", RecipientKind::Request))
+            .await
+            .expect("ingest");
+        assert!(matches!(out[0], TargetOutcome::Inbox(_)));
+        (k, h, lost)
     };
     // Rewrite it as schema 1 left it: the bytes as 32 KiB chunks in a `blobs` tree, one blob
     // shared by the archived message and the held post, and no spool.
@@ -464,19 +482,33 @@ async fn a_schema_1_store_is_migrated_into_the_spool() {
             chunks += 1;
         }
         assert_eq!(chunks, 3);
-        for (tree, k) in [
-            ("messages", key.to_bytes().to_vec()),
-            ("held", held.to_be_bytes().to_vec()),
+        // Schema 1's own bug left records whose blob was erased (9, 10: no chunks) or whose
+        // blob id was reused by another message (7, of another size).
+        let inbox_key = db
+            .open_tree("inbox")
+            .expect("tree")
+            .first()
+            .expect("read")
+            .expect("entry")
+            .0
+            .to_vec();
+        for (tree, k, blob) in [
+            ("messages", key.to_bytes().to_vec(), 7u64),
+            ("held", held.to_be_bytes().to_vec(), 7),
+            ("messages", lost[0].to_bytes().to_vec(), 9),
+            ("messages", lost[1].to_bytes().to_vec(), 7),
+            ("inbox", inbox_key, 10),
         ] {
             let t = db.open_tree(tree).expect("tree");
             let v = t.get(&k).expect("get").expect("record");
             let mut j: serde_json::Value = serde_json::from_slice(&v).expect("json");
             let o = j.as_object_mut().expect("object");
             o.remove("raw");
-            o.insert("blob".into(), 7.into());
+            o.insert("blob".into(), blob.into());
             o.insert("chunks".into(), chunks.into());
             t.insert(k, serde_json::to_vec(&j).expect("json")).expect("put");
         }
+        db.open_tree("meta").expect("meta").remove(SPOOL_END).expect("mark");
         db.open_tree("meta")
             .expect("meta")
             .insert(b"schema", &1u64.to_be_bytes())
@@ -493,6 +525,14 @@ async fn a_schema_1_store_is_migrated_into_the_spool() {
     assert_ne!(m.raw, h.raw, "the held post gets a copy of its own");
     store.apply(vec![Write::RemoveHeld(held, true)]).expect("discard");
     assert_eq!(store.raw(&m).expect("the archived copy survives"), raw);
+    // Lost bytes: the messages stay listed but do not read (never another message's
+    // bytes); the command mail is dropped.
+    for k in &lost {
+        let m = store.message(*k).expect("read").expect("still listed");
+        assert_eq!(m.raw, BlobRef::LOST);
+        assert!(store.raw(&m).is_err());
+    }
+    assert!(store.inbox(10).expect("inbox").is_empty());
     drop(store);
 
     // Migrated once: the old tree is gone and a second open changes nothing.
@@ -501,4 +541,61 @@ async fn a_schema_1_store_is_migrated_into_the_spool() {
     let m2 = store.message(key).expect("read").expect("archived");
     assert_eq!(m2.raw, m.raw);
     assert_eq!(store.raw(&m2).expect("raw"), raw);
+}
+
+#[tokio::test]
+async fn a_store_whose_spool_is_missing_or_truncated_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(settings(dir.path())).expect("open");
+        let list = store
+            .create_list(&ListAddress::parse("l@x.org").expect("addr"), "L", "")
+            .expect("create");
+        store
+            .ingest(req(list.id, b"Message-ID: <a@x>\r\n\r\nbody\r\n", RecipientKind::Post))
+            .await
+            .expect("ingest");
+    }
+    let seg = dir.path().join("spool/00000001.seg");
+    let len = std::fs::metadata(&seg).expect("segment").len();
+    // Cut one byte: appending from there would overwrite what a record points at.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .and_then(|f| f.set_len(len - 1))
+        .expect("truncate");
+    let err = Store::open(settings(dir.path()))
+        .err()
+        .expect("a truncated spool is refused");
+    assert!(err.to_string().contains("missing or truncated"), "{err}");
+    std::fs::remove_dir_all(dir.path().join("spool")).expect("rm spool");
+    let err = Store::open(settings(dir.path()))
+        .err()
+        .expect("a missing spool is refused");
+    assert!(err.to_string().contains("missing or truncated"), "{err}");
+}
+
+#[tokio::test]
+async fn updating_a_held_post_that_was_discarded_meanwhile_does_not_bring_it_back() {
+    use plenary_core::list::PostingPolicy;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = store
+        .create_list(&ListAddress::parse("m@x.org").expect("addr"), "M", "")
+        .expect("create");
+    let mut s = list.settings.clone();
+    s.posting = PostingPolicy::Moderated;
+    store.set_list_settings(list.address.as_str(), s).expect("moderate");
+    let mut r = req(list.id, b"Message-ID: <h@x>\r\n\r\nbody\r\n", RecipientKind::Post);
+    r.handling = PostHandling::ByPolicy;
+    let out = store.ingest(r).await.expect("ingest");
+    let TargetOutcome::Held(id) = out[0] else {
+        panic!("expected held, got {out:?}")
+    };
+    // The notifier read the post before a moderator discarded it, and writes it back after.
+    let mut h = store.held_post(id).expect("read").expect("held");
+    store.apply(vec![Write::RemoveHeld(id, true)]).expect("discard");
+    h.notified = true;
+    store.apply(vec![Write::PutHeld(h)]).expect("late update");
+    assert!(store.held_post(id).expect("read").is_none());
 }
