@@ -596,16 +596,20 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
         "From: robot@example.com\r\nSubject: subscribe\r\nAuto-Submitted: auto-replied\r\n\r\nsubscribe\r\n",
     );
     assert!(r.starts_with("250"), "{r}");
-    let r = send_from(
-        e.d.smtp,
-        "human@example.com",
-        "gov-request@lists.example.org",
-        "From: human@example.com\r\nSubject: help\r\n\r\nhelp\r\n",
-    );
-    assert!(r.starts_with("250"), "{r}");
-    e.relay.wait_for("help reply", 30, |m| {
-        m.iter().any(|x| x.rcpts.contains(&"human@example.com".to_string()))
-    });
+    // A person's help request is answered.
+    let help_is_answered = |who: &str| {
+        let r = send_from(
+            e.d.smtp,
+            who,
+            "gov-request@lists.example.org",
+            &format!("From: {who}\r\nSubject: help\r\n\r\nhelp\r\n"),
+        );
+        assert!(r.starts_with("250"), "{r}");
+        e.relay.wait_for(&format!("help reply to {who}"), 30, |m| {
+            m.iter().any(|x| x.rcpts.iter().any(|r| r == who))
+        });
+    };
+    help_is_answered("human@example.com");
     for (who, precedence) in [
         ("bulk@example.com", "bulk"),
         ("junk@example.com", "junk"),
@@ -621,16 +625,7 @@ fn posting_policies_moderation_by_reply_and_cli_and_bounces() {
     }
     // The help reply to human@ came after the automated ones were sent; give the engine
     // one more round for anything it might still send them.
-    let r = send_from(
-        e.d.smtp,
-        "human2@example.com",
-        "gov-request@lists.example.org",
-        "From: human2@example.com\r\nSubject: help\r\n\r\nhelp\r\n",
-    );
-    assert!(r.starts_with("250"), "{r}");
-    e.relay.wait_for("second help reply", 30, |m| {
-        m.iter().any(|x| x.rcpts.contains(&"human2@example.com".to_string()))
-    });
+    help_is_answered("human2@example.com");
     for who in [
         "robot@example.com",
         "bulk@example.com",

@@ -109,11 +109,11 @@ pub(crate) fn v1_to_v2(db: &sled::Db, trees: &Trees, spool: &mut SpoolWriter) ->
             });
             moved += 1;
             if staged.bytes() >= BATCH_BYTES {
-                staged = flush(db, spool, staged, &mut pending)?;
+                staged = flush(db, &trees.meta, spool, staged, &mut pending)?;
             }
         }
     }
-    flush(db, spool, staged, &mut pending)?;
+    flush(db, &trees.meta, spool, staged, &mut pending)?;
     db.drop_tree("blobs")?;
     trees.meta.insert(b"schema", &2u64.to_be_bytes())?;
     db.flush()?;
@@ -123,6 +123,7 @@ pub(crate) fn v1_to_v2(db: &sled::Db, trees: &Trees, spool: &mut SpoolWriter) ->
 /// Make the staged bytes durable, then write the records that point at them.
 fn flush(
     db: &sled::Db,
+    meta: &sled::Tree,
     spool: &mut SpoolWriter,
     staged: Staged,
     pending: &mut Vec<Pending>,
@@ -135,8 +136,7 @@ fn flush(
         };
     }
     let (seg, end) = spool.end();
-    db.open_tree("meta")?
-        .insert(crate::SPOOL_END, &crate::spool::mark_bytes(seg, end))?;
+    meta.insert(crate::SPOOL_END, &crate::spool::mark_bytes(seg, end))?;
     db.flush()?;
     spool.begin()
 }

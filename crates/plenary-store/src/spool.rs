@@ -79,7 +79,14 @@ fn segment_number(name: &str) -> Option<u32> {
 /// Read side of the spool, shared by every store handle: open segment files, by number.
 pub(crate) struct Spool {
     dir: PathBuf,
-    files: RwLock<HashMap<u32, Arc<File>>>,
+    files: RwLock<HashMap<u32, Arc<Segment>>>,
+}
+
+/// An open segment and the length last seen, so that a read checks its bounds without a
+/// `stat` (the length is read again only when a reference reaches past it).
+struct Segment {
+    file: File,
+    len: std::sync::atomic::AtomicU64,
 }
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
@@ -158,12 +165,14 @@ impl Spool {
         Ok((spool, writer))
     }
 
-    fn file(&self, seg: u32) -> Result<Arc<File>, StoreError> {
+    fn segment(&self, seg: u32) -> Result<Arc<Segment>, StoreError> {
         if let Some(f) = self.files.read().ok().and_then(|m| m.get(&seg).cloned()) {
             return Ok(f);
         }
         let path = self.dir.join(segment_name(seg));
-        let f = Arc::new(File::open(&path).map_err(|e| io(&path, e))?);
+        let file = File::open(&path).map_err(|e| io(&path, e))?;
+        let len = file.metadata().map_err(|e| io(&path, e))?.len();
+        let f = Arc::new(Segment { file, len: len.into() });
         if let Ok(mut m) = self.files.write() {
             m.insert(seg, f.clone());
         }
@@ -178,12 +187,19 @@ impl Spool {
                 "this message's bytes were already lost when the store was migrated to the spool",
             ));
         }
-        let f = self.file(r.seg)?;
-        let path = self.dir.join(segment_name(r.seg));
-        let size = f.metadata().map_err(|e| io(&path, e))?.len();
-        if r.off.saturating_add(u64::from(r.len)) > size {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = self.segment(r.seg)?;
+        let path = || self.dir.join(segment_name(r.seg));
+        let end = r.off.saturating_add(u64::from(r.len));
+        let mut size = f.len.load(Relaxed);
+        if end > size {
+            // The segment may have grown since it was opened (the one being appended to).
+            size = f.file.metadata().map_err(|e| io(&path(), e))?.len();
+            f.len.store(size, Relaxed);
+        }
+        if end > size {
             return Err(crate::corrupt(
-                path.display(),
+                path().display(),
                 format!(
                     "a record points at bytes {}..+{} of a {size}-byte segment",
                     r.off, r.len
@@ -191,8 +207,7 @@ impl Spool {
             ));
         }
         let mut buf = vec![0u8; r.len as usize];
-        f.read_exact_at(&mut buf, r.off)
-            .map_err(|e| io(&self.dir.join(segment_name(r.seg)), e))?;
+        f.file.read_exact_at(&mut buf, r.off).map_err(|e| io(&path(), e))?;
         let crc = crc32fast::hash(&buf);
         if crc != r.crc {
             return Err(crate::corrupt(

@@ -340,6 +340,16 @@ async fn concurrent_posts_share_durable_commits() {
     assert_eq!(store.last_seq(list.id).expect("seq"), 64);
 }
 
+/// A new list whose posting policy is `posting`.
+fn list_with(store: &Store, addr: &str, posting: plenary_core::list::PostingPolicy) -> ListRecord {
+    let list = store
+        .create_list(&ListAddress::parse(addr).expect("addr"), addr, "")
+        .expect("create");
+    let mut s = list.settings.clone();
+    s.posting = posting;
+    store.set_list_settings(addr, s).expect("posting policy")
+}
+
 /// Every spool segment's bytes, concatenated.
 fn spool_bytes(dir: &std::path::Path) -> Vec<u8> {
     let mut out = Vec::new();
@@ -354,18 +364,8 @@ async fn handled_mail_is_erased_without_touching_what_another_list_archived() {
     use plenary_core::list::PostingPolicy;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let a = store
-        .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
-        .expect("create");
-    let b = store
-        .create_list(&ListAddress::parse("b@x.org").expect("addr"), "B", "")
-        .expect("create");
-    let mut s = a.settings.clone();
-    s.posting = PostingPolicy::Moderated;
-    store.set_list_settings(a.address.as_str(), s).expect("moderate a");
-    let mut s = b.settings.clone();
-    s.posting = PostingPolicy::Open;
-    store.set_list_settings(b.address.as_str(), s).expect("open b");
+    let a = list_with(&store, "a@x.org", PostingPolicy::Moderated);
+    let b = list_with(&store, "b@x.org", PostingPolicy::Open);
 
     // One message cross-posted to A (held) and B (archived), and sent to B's owners.
     let raw = b"Message-ID: <cross@x>\r\nFrom: ana@example.net\r\nSubject: cross\r\n\r\ncrossposted body\r\n";
@@ -427,18 +427,8 @@ async fn a_schema_1_store_is_migrated_into_the_spool() {
     let raw = raw.as_bytes();
     let (key, held, lost) = {
         let store = Store::open(settings(dir.path())).expect("open");
-        let a = store
-            .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
-            .expect("create");
-        let b = store
-            .create_list(&ListAddress::parse("b@x.org").expect("addr"), "B", "")
-            .expect("create");
-        let mut s = a.settings.clone();
-        s.posting = PostingPolicy::Moderated;
-        store.set_list_settings(a.address.as_str(), s).expect("moderate a");
-        let mut s = b.settings.clone();
-        s.posting = PostingPolicy::Open;
-        store.set_list_settings(b.address.as_str(), s).expect("open b");
+        let a = list_with(&store, "a@x.org", PostingPolicy::Moderated);
+        let b = list_with(&store, "b@x.org", PostingPolicy::Open);
         let mut r = req(a.id, raw, RecipientKind::Post);
         r.handling = PostHandling::ByPolicy;
         r.targets.push(IngestTarget {
@@ -580,12 +570,7 @@ async fn updating_a_held_post_that_was_discarded_meanwhile_does_not_bring_it_bac
     use plenary_core::list::PostingPolicy;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let list = store
-        .create_list(&ListAddress::parse("m@x.org").expect("addr"), "M", "")
-        .expect("create");
-    let mut s = list.settings.clone();
-    s.posting = PostingPolicy::Moderated;
-    store.set_list_settings(list.address.as_str(), s).expect("moderate");
+    let list = list_with(&store, "m@x.org", PostingPolicy::Moderated);
     let mut r = req(list.id, b"Message-ID: <h@x>\r\n\r\nbody\r\n", RecipientKind::Post);
     r.handling = PostHandling::ByPolicy;
     let out = store.ingest(r).await.expect("ingest");
