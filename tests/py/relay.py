@@ -6,7 +6,9 @@ what follows as commands, and the test would see an extra transaction.
 
 Every accepted transaction is appended to OUT/messages.jsonl as
 {"mail_from", "rcpts", "data" (latin-1 text), "tls" (bool), "auth" (user or null),
-"conn" (the number of the connection it came on, from 1), "t" (unix time, float)}.
+"conn" (the number of the connection it came on, from 1), "t" (unix time, float),
+"pipelined" (bool: the next command had already arrived when MAIL was read, i.e. the
+client sent MAIL, RCPT and DATA without waiting for the replies, RFC 2920)}.
 Control files in OUT change behaviour live:
   OUT/refuse   exists -> every RCPT gets 451 4.3.0 (temporary)
   OUT/reject   lines of addresses that get 550 5.1.1 at RCPT (permanent)
@@ -17,6 +19,7 @@ Options after OUT [PORT]:
   --starttls CERT KEY   offer STARTTLS and refuse MAIL before it (530)
   --tls CERT KEY        implicit TLS (RFC 8314): the handshake comes before the greeting
   --auth USER:PASS      require AUTH PLAIN or LOGIN before MAIL (530), only over TLS
+  --no-pipelining       do not offer PIPELINING (it is offered by default)
 Prints "relay listening PORT" once ready.
 """
 import asyncio, base64, itertools, json, os, ssl, sys, time
@@ -25,6 +28,7 @@ OUT = sys.argv[1]
 rest = sys.argv[2:]
 PORT = int(rest.pop(0)) if rest and not rest[0].startswith("--") else 0
 STARTTLS = IMPLICIT = AUTH = None
+PIPELINING = True
 while rest:
     opt = rest.pop(0)
     if opt in ("--starttls", "--tls"):
@@ -36,6 +40,8 @@ while rest:
             IMPLICIT = ctx
     elif opt == "--auth":
         AUTH = rest.pop(0)
+    elif opt == "--no-pipelining":
+        PIPELINING = False
     else:
         sys.exit(f"relay.py: unknown option {opt}")
 LOG = os.path.join(OUT, "messages.jsonl")
@@ -77,6 +83,7 @@ async def session(reader, writer):
     conn = next(CONNS)
     send("220 capture ESMTP")
     mail_from, rcpts, data, in_data = None, [], [], False
+    pipelined = False
     tls, user = IMPLICIT is not None, None
     try:
         while True:
@@ -90,7 +97,7 @@ async def session(reader, writer):
                     with open(LOG, "a") as f:
                         f.write(json.dumps({"mail_from": mail_from, "rcpts": rcpts, "data": "".join(data),
                                             "tls": tls, "auth": user, "conn": conn,
-                                            "t": time.time()}) + "\n")
+                                            "t": time.time(), "pipelined": pipelined}) + "\n")
                     send("250 2.0.0 queued")
                     mail_from, rcpts, data, in_data = None, [], [], False
                 else:
@@ -107,7 +114,8 @@ async def session(reader, writer):
                     send("250-STARTTLS")
                 if AUTH is not None and tls:
                     send("250-AUTH PLAIN LOGIN")
-                send("250-PIPELINING")
+                if PIPELINING:
+                    send("250-PIPELINING")
                 send("250-8BITMIME")
                 send("250 SIZE 104857600")
             elif up.startswith("HELO"):
@@ -144,6 +152,9 @@ async def session(reader, writer):
                 send("530 5.7.0 authentication required")
             elif up.startswith("MAIL FROM:"):
                 mail_from, rcpts = cmd[10:].strip().split(" ")[0].strip("<>"), []
+                # Bytes after the MAIL line already read from the socket: the client did
+                # not wait for this reply. (asyncio's StreamReader keeps them in _buffer.)
+                pipelined = len(reader._buffer) > 0
                 send("250 2.1.0 ok")
             elif up.startswith("RCPT TO:"):
                 addr = cmd[8:].strip().split(" ")[0].strip("<>")

@@ -582,6 +582,9 @@ pub struct Captured {
     /// Which relay connection (numbered from 1) carried it.
     #[serde(default)]
     pub conn: u64,
+    /// The client sent MAIL, RCPT and DATA without waiting for each reply (RFC 2920).
+    #[serde(default)]
+    pub pipelined: bool,
     /// When the relay accepted it (unix seconds).
     #[serde(default)]
     pub t: f64,
@@ -681,6 +684,11 @@ impl Relay {
         } else {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// Answer 550 to these recipients only (permanent failure), until changed.
+    pub fn reject(&self, rcpts: &[&str]) {
+        let _ = std::fs::write(self.dir.join("reject"), rcpts.join("\n"));
     }
 
     /// Answer 451 to these recipients only (temporary failure), until changed.

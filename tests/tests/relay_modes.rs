@@ -5,7 +5,8 @@
 //! requiring AUTH. A daemon without the relay's CA must not deliver (the certificate is
 //! checked), and one with a wrong password must not either. A recipient the relay keeps
 //! deferring (451) is retried with backoff and, once `fanout.give_up_secs` have passed,
-//! counts as bounced.
+//! counts as bounced. A relay that offers PIPELINING gets each copy's envelope in one write,
+//! with the message intact, and a refused recipient does not cost the connection.
 
 use plenary_e2e::{openssl, send_from, Daemon, Relay};
 use std::path::Path;
@@ -119,6 +120,9 @@ fn deliver_over(mode: &str, relay_flag: &str) {
     for m in &got {
         assert!(m.tls, "{mode}: the transaction ran over TLS: {:?}", m.rcpts);
         assert_eq!(m.auth.as_deref(), Some("plenary"), "{mode}: authenticated");
+        // Pipelined where the stream under lettre is ours (implicit TLS); after STARTTLS
+        // lettre owns the TLS layer and sends one command at a time.
+        assert_eq!(m.pipelined, mode == "tls", "{mode}: pipelined {:?}", m.rcpts);
     }
     let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
     rcpts.sort();
@@ -312,4 +316,83 @@ fn relay_connections_are_reused_and_the_rate_is_capped() {
         "20 copies in {:.2} s despite max_per_second = 10",
         last - first
     );
+}
+
+/// A relay that offers PIPELINING (RFC 2920) gets each copy's MAIL, RCPT and DATA in one
+/// write; one that does not, one command at a time. Either way the message arrives as
+/// stored, lines that start with a dot included (dot-stuffed on the wire, RFC 5321 §4.5.2).
+#[test]
+fn pipelines_when_the_relay_offers_it_and_the_message_arrives_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As stored after ingress un-stuffs it: a lone dot, a double dot, a leading dot.
+    let stored_body = "Hello.\r\n.\r\n..two\r\n.leading\r\nend\r\n";
+    for (name, options) in [("pipelining", &[][..]), ("no-pipelining", &["--no-pipelining"][..])] {
+        let relay = Relay::start_with(&dir.path().join(format!("relay-{name}")), 0, options);
+        let d = daemon(&dir.path().join(name), &format!("port = {}", relay.port), &MEMBERS);
+        // On the wire to the daemon, every line that starts with a dot gets one more.
+        let post = format!(
+            "From: chair@example.org\r\nTo: {LIST}\r\nSubject: dots\r\nMessage-ID: <dots-{name}@example.org>\r\n\r\nHello.\r\n..\r\n...two\r\n..leading\r\nend\r\n"
+        );
+        let r = send_from(d.smtp, "chair@example.org", LIST, &post);
+        assert!(r.starts_with("250"), "{r}");
+        let got = relay.wait_for(&format!("three copies ({name})"), 60, |m| m.len() >= 3);
+        assert_eq!(got.len(), 3, "{name}: one transaction per member");
+        for m in &got {
+            assert_eq!(m.rcpts.len(), 1, "{name}: {:?}", m.rcpts);
+            assert_eq!(m.pipelined, name == "pipelining", "{name}: pipelined {:?}", m.rcpts);
+            let body = m.data.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            assert!(
+                body.starts_with(stored_body),
+                "{name}: body as stored, dots included: {body:?}"
+            );
+        }
+        println!("{name}: 3 copies, pipelined = {}", got[0].pipelined);
+    }
+}
+
+/// A recipient the relay refuses (550) inside a pipelined transaction counts as a bounce
+/// and the transaction is reset, not the connection: with one connection, the copies
+/// before and after the refusal come over the same one.
+#[test]
+fn a_refused_recipient_does_not_cost_the_relay_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&dir.path().join("relay"));
+    relay.reject(&["bo@example.net"]);
+    let d = Daemon::start(
+        &dir.path().join("d"),
+        "",
+        &format!("[relay]\nport = {}\n\n[fanout]\nconcurrency = 1\n", relay.port),
+    );
+    d.create_list(LIST);
+    let csv: String = MEMBERS.iter().map(|m| format!("{m}\n")).collect();
+    d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+    let r = send_from(d.smtp, "chair@example.org", LIST, &post("refused-rcpt"));
+    assert!(r.starts_with("250"), "{r}");
+    let got = relay.wait_for("two copies", 60, |m| m.len() >= 2);
+    let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["ana@example.net", "chen@example.com"]);
+    assert_eq!(relay.rcpt_answers("bo@example.net"), [550], "refused once, not retried");
+    assert!(got.iter().all(|m| m.pipelined), "the relay offers PIPELINING");
+    let conns: Vec<u64> = got.iter().map(|m| m.conn).collect();
+    assert_eq!(
+        conns[0], conns[1],
+        "copies before and after the refusal share a connection"
+    );
+    // The refusal is a bounce on the member's record.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = d.cli_ok(&["member", "ls", LIST]);
+        if out
+            .lines()
+            .any(|l| l.starts_with("bo@example.net,") && l.contains(",1.0,"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bounce recorded for bo@example.net:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

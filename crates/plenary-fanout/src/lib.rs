@@ -18,7 +18,6 @@ mod relay;
 use compose::{prepare, Prepared, Transform};
 use dkim::DkimKey;
 use lettre::address::Envelope;
-use lettre::transport::smtp::client::AsyncSmtpConnection;
 use plenary_core::list::{Delivery, DmarcMode, Member};
 use plenary_core::MemberAddress;
 use plenary_list::Engine;
@@ -145,7 +144,7 @@ pub struct Worker {
     /// DMARC policy lookups (or why the resolver could not be set up).
     dmarc: Result<dmarc::Dmarc, String>,
     /// Idle relay connections, opened by [`relay::connect`], for reuse.
-    idle: std::sync::Mutex<Vec<AsyncSmtpConnection>>,
+    idle: std::sync::Mutex<Vec<relay::RelayConn>>,
     /// ARC sealing of posts, when enabled.
     arc: Option<arc::Sealer>,
 }
@@ -183,7 +182,9 @@ impl Worker {
     }
 
     /// Send over our own relay connections; a reused connection that turns out to be
-    /// closed is replaced once.
+    /// closed is replaced once. A transaction that takes longer than `timeout` counts as a
+    /// temporary failure and its connection is dropped (a relay that stops answering must
+    /// not hold a batch, and with it the job's cursor, forever).
     async fn send_on_connection(&self, env: &Envelope, bytes: &[u8]) -> Sent {
         let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
         let attempts: [bool; 2] = [reused.is_some(), false];
@@ -196,28 +197,40 @@ impl Worker {
                     Err(e) => return Sent::Temporary(e),
                 },
             };
-            match conn.send(env, bytes).await {
-                Ok(_) => {
+            let r = match tokio::time::timeout(self.settings.timeout, conn.send(env, bytes)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Sent::Temporary(format!(
+                        "the relay did not finish the transaction within {} s",
+                        self.settings.timeout.as_secs()
+                    ))
+                }
+            };
+            let keep = |conn: relay::RelayConn| {
+                if conn.usable() {
                     if let Ok(mut v) = self.idle.lock() {
                         v.push(conn);
                     }
+                }
+            };
+            match r {
+                Ok(()) => {
+                    keep(conn);
                     return Sent::Ok;
                 }
-                Err(e) if e.is_permanent() => {
-                    // The session is still good after a refused recipient; reset it for reuse.
-                    if conn.command(lettre::transport::smtp::commands::Rset).await.is_ok() {
-                        if let Ok(mut v) = self.idle.lock() {
-                            v.push(conn);
-                        }
-                    }
-                    return Sent::Permanent(e.to_string());
+                Err(relay::Refused::Permanent(why)) => {
+                    keep(conn);
+                    return Sent::Permanent(why);
                 }
-                Err(e) => {
-                    conn.abort().await;
-                    if was_reused && !e.is_transient() {
+                Err(relay::Refused::Transient(why)) => {
+                    keep(conn);
+                    return Sent::Temporary(why);
+                }
+                Err(relay::Refused::Broken(why)) => {
+                    if was_reused {
                         continue; // a stale pooled connection: try once on a fresh one
                     }
-                    return Sent::Temporary(e.to_string());
+                    return Sent::Temporary(why);
                 }
             }
         }
