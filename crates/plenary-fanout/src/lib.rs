@@ -419,9 +419,12 @@ impl Worker {
 
     /// Build, sign and send the copies for `rcpts`; returns each recipient's result.
     ///
-    /// Signing (one RSA operation per copy) runs on blocking threads in small chunks, one
-    /// chunk per core at a time, and each chunk is handed to the relay as soon as it is
-    /// signed, so signing and sending overlap instead of alternating batch by batch.
+    /// Signing (one RSA operation per copy) runs on one blocking thread per core, each
+    /// taking the next chunk of recipients as soon as it has handed over the last one, and
+    /// each chunk goes to the relay as soon as it is signed, so signing and sending overlap.
+    /// The signers pick up work themselves: a scheme that started every chunk from an async
+    /// task left the cores idle between chunks (about 15 % of the time on 2 cores) while
+    /// that task waited for a CPU to be scheduled on.
     async fn deliver(
         self: &Arc<Self>,
         plan: &JobPlan,
@@ -429,49 +432,48 @@ impl Worker {
     ) -> Result<(usize, Vec<(MemberAddress, Sent)>), FanoutError> {
         const CHUNK: usize = 32;
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let signers = Arc::new(tokio::sync::Semaphore::new(threads));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Copy>, dkim::DkimError>>(threads * 2);
-        let total = rcpts.len();
-        let producer = {
-            let prepared = plan.prepared.clone();
-            let keys = self.keys.clone();
-            let list = plan.list.clone();
-            tokio::spawn(async move {
-                for part in rcpts.chunks(CHUNK) {
-                    let Ok(permit) = signers.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let part = part.to_vec();
-                    let (prepared, keys, list, tx) = (prepared.clone(), keys.clone(), list.clone(), tx.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let t = now();
-                        let r: Result<Vec<Copy>, dkim::DkimError> = part
-                            .into_iter()
-                            .map(|(rcpt, tok, v)| {
-                                let bytes = prepared[v].render(&keys, tok.as_deref(), t)?;
-                                Ok(Copy {
-                                    from: compose::envelope_from(&list, &rcpt),
-                                    rcpt,
-                                    bytes,
-                                })
-                            })
-                            .collect();
-                        drop(permit);
-                        let _ = tx.blocking_send(r);
-                    });
+        let rcpts = Arc::new(rcpts);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..threads.min(rcpts.len().div_ceil(CHUNK)) {
+            let (rcpts, next, tx) = (rcpts.clone(), next.clone(), tx.clone());
+            let (prepared, keys, list) = (plan.prepared.clone(), self.keys.clone(), plan.list.clone());
+            tokio::task::spawn_blocking(move || loop {
+                let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                let Some(part) = rcpts
+                    .get(start..rcpts.len().min(start + CHUNK))
+                    .filter(|p| !p.is_empty())
+                else {
+                    break;
+                };
+                let t = now();
+                let r: Result<Vec<Copy>, dkim::DkimError> = part
+                    .iter()
+                    .map(|(rcpt, tok, v)| {
+                        let bytes = prepared[*v].render(&keys, tok.as_deref(), t)?;
+                        Ok(Copy {
+                            from: compose::envelope_from(&list, rcpt),
+                            rcpt: rcpt.clone(),
+                            bytes,
+                        })
+                    })
+                    .collect();
+                let failed = r.is_err();
+                // A closed channel means delivery of this batch stopped: sign no more.
+                if tx.blocking_send(r).is_err() || failed {
+                    break;
                 }
-            })
-        };
+            });
+        }
+        drop(tx);
         let sem = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
         let mut set = tokio::task::JoinSet::new();
         let mut sent = 0;
         let mut failure = None;
-        let mut received = 0;
-        while received < total {
-            let Some(chunk) = rx.recv().await else { break };
+        // Ends when every signer has finished (or stopped after a failure).
+        while let Some(chunk) = rx.recv().await {
             match chunk {
                 Ok(copies) => {
-                    received += copies.len();
                     for c in copies {
                         let Ok(permit) = sem.clone().acquire_owned().await else {
                             break;
@@ -491,7 +493,7 @@ impl Worker {
                 }
             }
         }
-        let _ = producer.await;
+        drop(rx); // after a failure: the signers stop at their next chunk
         let mut out = Vec::with_capacity(sent);
         while let Some(r) = set.join_next().await {
             if let Ok(r) = r {
