@@ -350,13 +350,20 @@ fn pipelines_when_the_relay_offers_it_and_the_message_arrives_intact() {
     }
 }
 
-/// A recipient the relay refuses (550) inside a pipelined transaction counts as a bounce
-/// and the transaction is reset, not the connection: with one connection, the copies
-/// before and after the refusal come over the same one.
+/// A recipient the relay refuses (550) counts as a bounce and the transaction is reset, not
+/// the connection: with one connection, the copies before and after the refusal come over the
+/// same one, whether the transaction was pipelined or sent one command at a time (the path
+/// STARTTLS connections take too).
 #[test]
 fn a_refused_recipient_does_not_cost_the_relay_connection() {
+    for (name, options) in [("pipelining", &[][..]), ("no-pipelining", &["--no-pipelining"][..])] {
+        refused_recipient_keeps_the_connection(name, options);
+    }
+}
+
+fn refused_recipient_keeps_the_connection(name: &str, options: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(&dir.path().join("relay"));
+    let relay = Relay::start_with(&dir.path().join("relay"), 0, options);
     relay.reject(&["bo@example.net"]);
     let d = Daemon::start(
         &dir.path().join("d"),
@@ -371,13 +378,20 @@ fn a_refused_recipient_does_not_cost_the_relay_connection() {
     let got = relay.wait_for("two copies", 60, |m| m.len() >= 2);
     let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
     rcpts.sort();
-    assert_eq!(rcpts, ["ana@example.net", "chen@example.com"]);
-    assert_eq!(relay.rcpt_answers("bo@example.net"), [550], "refused once, not retried");
-    assert!(got.iter().all(|m| m.pipelined), "the relay offers PIPELINING");
+    assert_eq!(rcpts, ["ana@example.net", "chen@example.com"], "{name}");
+    assert_eq!(
+        relay.rcpt_answers("bo@example.net"),
+        [550],
+        "{name}: refused once, not retried"
+    );
+    assert!(
+        got.iter().all(|m| m.pipelined == (name == "pipelining")),
+        "{name}: pipelined only when offered"
+    );
     let conns: Vec<u64> = got.iter().map(|m| m.conn).collect();
     assert_eq!(
         conns[0], conns[1],
-        "copies before and after the refusal share a connection"
+        "{name}: copies before and after the refusal share a connection"
     );
     // The refusal is a bounce on the member's record.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -391,7 +405,7 @@ fn a_refused_recipient_does_not_cost_the_relay_connection() {
         }
         assert!(
             Instant::now() < deadline,
-            "no bounce recorded for bo@example.net:\n{out}"
+            "{name}: no bounce recorded for bo@example.net:\n{out}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

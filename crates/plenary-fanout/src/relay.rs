@@ -14,9 +14,10 @@
 //! out in two writes instead of five: `MAIL`, `RCPT` and `DATA` together, then the
 //! dot-stuffed message with its end marker. That is two round trips per copy instead of
 //! four, which halves the waiting on a distant relay and the system calls on both ends of
-//! a near one. The replies are still read one by one with lettre's reader, and a refused
-//! transaction is reset (`RSET`) so the connection is kept, where lettre's own `send`
-//! closes it on any refusal.
+//! a near one. The replies are still read one by one with lettre's reader. Elsewhere the
+//! commands go one at a time through lettre's `command`. Either way a refused transaction
+//! is reset (`RSET`) so the connection is kept, where lettre's own `send` closes it on any
+//! refusal.
 //!
 //! Certificates are checked against the Mozilla roots (webpki-roots) plus the PEM file in
 //! `relay.ca_file`, for a relay with a private CA or a self-signed certificate.
@@ -204,11 +205,10 @@ impl RelayConn {
     /// Hand one message to the relay. Afterwards, [`RelayConn::usable`] says whether the
     /// connection can be kept for the next one.
     pub(crate) async fn send(&mut self, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
-        let Some(raw) = self.raw.clone() else {
-            // lettre's own transaction (it closes the connection on any refusal).
-            return self.conn.send(env, bytes).await.map(|_| ()).map_err(Refused::from);
+        let r = match self.raw.clone() {
+            Some(raw) => self.pipelined_send(raw, env, bytes).await,
+            None => self.stepwise_send(env, bytes).await,
         };
-        let r = self.pipelined_send(raw, env, bytes).await;
         match &r {
             Ok(()) => {}
             Err(Refused::Broken(_)) => self.conn.abort().await,
@@ -227,7 +227,21 @@ impl RelayConn {
         !self.conn.has_broken()
     }
 
-    async fn pipelined_send(&mut self, mut raw: Shared, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
+    /// One command at a time with lettre's `command` (not its `send`, which closes the
+    /// connection on any refusal): for STARTTLS connections and relays without PIPELINING.
+    async fn stepwise_send(&mut self, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
+        let params = self.mail_parameters(env, bytes)?;
+        self.conn.command(Mail::new(env.from().cloned(), params)).await?;
+        for to in env.to() {
+            self.conn.command(Rcpt::new(to.clone(), vec![])).await?;
+        }
+        self.conn.command(Data).await?;
+        self.conn.message(bytes).await?;
+        Ok(())
+    }
+
+    /// MAIL parameters the message needs, or why the relay cannot take it.
+    fn mail_parameters(&self, env: &Envelope, bytes: &[u8]) -> Result<Vec<MailParameter>, Refused> {
         let info = self.conn.server_info();
         let mut params = Vec::new();
         let non_ascii = |a: &lettre::Address| !AsRef::<str>::as_ref(a).is_ascii();
@@ -247,6 +261,11 @@ impl RelayConn {
             }
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
+        Ok(params)
+    }
+
+    async fn pipelined_send(&mut self, mut raw: Shared, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
+        let params = self.mail_parameters(env, bytes)?;
         let broken = |what: &str, e: io::Error| Refused::Broken(format!("writing {what} to the relay: {e}"));
         let mut head = Mail::new(env.from().cloned(), params).to_string();
         for to in env.to() {
