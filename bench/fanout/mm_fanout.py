@@ -157,6 +157,16 @@ def cmd_drain(a):
     return 0 if tot == 0 else 3
 
 
+def read_from(path, off, limit):
+    """Up to limit bytes of the file at path from offset off (b"" while it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(off)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
 class DumpCounter:
     """Counts the records smtp-sink -D appends: one X-Rcpt-Args line per accepted RCPT,
     one X-Mail-Args line per transaction (= per message copy)."""
@@ -176,12 +186,7 @@ class DumpCounter:
         self.capture = True
 
     def poll(self):
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.off)
-                data = f.read(64 << 20)
-        except FileNotFoundError:
-            return
+        data = read_from(self.path, self.off, 64 << 20)
         if not data:
             return
         self.off += len(data)

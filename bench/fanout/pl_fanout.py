@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, HERE)
-from mm_fanout import DumpCounter, make_post  # noqa: E402  (stdlib-only parts)
+from mm_fanout import DumpCounter, make_post, read_from  # noqa: E402  (stdlib-only parts)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -50,12 +50,7 @@ class SinkCounter:
         self.base = self.mesg
 
     def poll(self):
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.off)
-                data = f.read(1 << 20)
-        except FileNotFoundError:
-            return
+        data = read_from(self.path, self.off, 1 << 20)
         if not data:
             return
         self.off += len(data)

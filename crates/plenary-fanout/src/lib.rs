@@ -147,6 +147,8 @@ pub struct Worker {
     idle: std::sync::Mutex<Vec<relay::RelayConn>>,
     /// ARC sealing of posts, when enabled.
     arc: Option<arc::Sealer>,
+    /// Signing threads per batch: one per core (looked up once; on Linux it reads cgroup files).
+    signers: usize,
 }
 
 /// Longest wait for the DNS checks of ARC sealing, per post (then it goes out unsealed).
@@ -178,6 +180,7 @@ impl Worker {
             dmarc,
             idle: std::sync::Mutex::new(Vec::new()),
             arc,
+            signers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         })
     }
 
@@ -431,7 +434,7 @@ impl Worker {
         rcpts: Vec<(MemberAddress, Option<String>, usize)>,
     ) -> Result<(usize, Vec<(MemberAddress, Sent)>), FanoutError> {
         const CHUNK: usize = 32;
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = self.signers;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Copy>, dkim::DkimError>>(threads * 2);
         let rcpts = Arc::new(rcpts);
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -98,9 +98,7 @@ async fn disk_reserve_refuses_ingest() {
     let mut s = settings(dir.path());
     s.min_free_bytes = u64::MAX / 4;
     let store = Store::open(s).expect("open");
-    let list = store
-        .create_list(&ListAddress::parse("l@x.org").expect("addr"), "", "")
-        .expect("list");
+    let list = new_list(&store, "l@x.org");
     let err = store
         .ingest(req(list.id, b"Subject: x\r\n\r\ny", RecipientKind::Post))
         .await;
@@ -112,9 +110,7 @@ async fn disk_reserve_refuses_ingest() {
 async fn no_archive_is_stored_but_not_listed_or_queued() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let list = store
-        .create_list(&ListAddress::parse("l@x.org").expect("addr"), "", "")
-        .expect("list");
+    let list = new_list(&store, "l@x.org");
     let out = store
         .ingest(req(
             list.id,
@@ -133,12 +129,8 @@ async fn no_archive_is_stored_but_not_listed_or_queued() {
 async fn readers_for_the_views() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let a = store
-        .create_list(&ListAddress::parse("a@x.org").expect("addr"), "A", "")
-        .expect("create");
-    let b = store
-        .create_list(&ListAddress::parse("b@x.org").expect("addr"), "B", "")
-        .expect("create");
+    let a = new_list(&store, "a@x.org");
+    let b = new_list(&store, "b@x.org");
     assert_eq!(store.last_seq(a.id).expect("last"), 0);
     // Dates out of arrival order: seq 1 is the middle one.
     for (i, day) in [(1, 2), (2, 1), (3, 3)] {
@@ -259,9 +251,7 @@ async fn a_post_to_a_list_nobody_receives_makes_no_delivery_job() {
     use plenary_core::MemberAddress;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let list = store
-        .create_list(&ListAddress::parse("mirror@x.org").expect("addr"), "M", "")
-        .expect("create");
+    let list = new_list(&store, "mirror@x.org");
     let post = |id: &str| {
         let mut r = req(
             list.id,
@@ -310,9 +300,7 @@ async fn a_post_to_a_list_nobody_receives_makes_no_delivery_job() {
 async fn concurrent_posts_share_durable_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(settings(dir.path())).expect("open");
-    let list = store
-        .create_list(&ListAddress::parse("g@x.org").expect("addr"), "G", "")
-        .expect("create");
+    let list = new_list(&store, "g@x.org");
     let (b0, r0) = store.commit_stats();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..64 {
@@ -341,10 +329,15 @@ async fn concurrent_posts_share_durable_commits() {
 }
 
 /// A new list whose posting policy is `posting`.
-fn list_with(store: &Store, addr: &str, posting: plenary_core::list::PostingPolicy) -> ListRecord {
-    let list = store
+/// A new list at `addr` (named after it).
+fn new_list(store: &Store, addr: &str) -> ListRecord {
+    store
         .create_list(&ListAddress::parse(addr).expect("addr"), addr, "")
-        .expect("create");
+        .expect("create")
+}
+
+fn list_with(store: &Store, addr: &str, posting: plenary_core::list::PostingPolicy) -> ListRecord {
+    let list = new_list(store, addr);
     let mut s = list.settings.clone();
     s.posting = posting;
     store.set_list_settings(addr, s).expect("posting policy")
@@ -538,9 +531,7 @@ async fn a_store_whose_spool_is_missing_or_truncated_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = Store::open(settings(dir.path())).expect("open");
-        let list = store
-            .create_list(&ListAddress::parse("l@x.org").expect("addr"), "L", "")
-            .expect("create");
+        let list = new_list(&store, "l@x.org");
         store
             .ingest(req(list.id, b"Message-ID: <a@x>\r\n\r\nbody\r\n", RecipientKind::Post))
             .await
