@@ -14,7 +14,7 @@
 #   personalized  personalize=$MM_PERSONALIZE (individual) + VERP: one copy and one SMTP
 #                 transaction per recipient (Mailman's Deliver agent, default one out runner)
 # Each mode: inject over LMTP, clock from just before the LMTP connect to the moment the sink
-# has the last recipient (smtp-sink -D dump, X-Rcpt-Args records counted every 20 ms).
+# has the last recipient (smtp-sink -D dump, X-Rcpt-Args records counted every 2 ms).
 #
 # Knobs: MODES, MM_PERSONALIZE (individual|full), CAP (1200 s wait per mode),
 #   POST_BYTES (3000), MM_OUT_INSTANCES (1; power of 2), MM_SLEEP (runner sleep_time, 1s),

@@ -157,14 +157,22 @@ def cmd_drain(a):
     return 0 if tot == 0 else 3
 
 
-def read_from(path, off, limit):
-    """Up to limit bytes of the file at path from offset off (b"" while it does not exist)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(off)
-            return f.read(limit)
-    except FileNotFoundError:
-        return b""
+class Tail:
+    """Reads what is appended to a file, keeping it open between reads (one read call per
+    poll, so the counters can poll every few milliseconds for little CPU)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.f = None
+
+    def read(self, limit):
+        """Up to limit new bytes (b"" while the file does not exist or nothing was added)."""
+        if self.f is None:
+            try:
+                self.f = open(self.path, "rb", buffering=0)
+            except FileNotFoundError:
+                return b""
+        return self.f.read(limit) or b""
 
 
 class DumpCounter:
@@ -174,8 +182,7 @@ class DumpCounter:
     KEYS = (b"\nX-Rcpt-Args:", b"\nX-Mail-Args:")
 
     def __init__(self, path):
-        self.path = path
-        self.off = 0
+        self.src = Tail(path)
         self.rcpts = 0
         self.msgs = 0
         self.tail = b""
@@ -186,10 +193,9 @@ class DumpCounter:
         self.capture = True
 
     def poll(self):
-        data = read_from(self.path, self.off, 64 << 20)
+        data = self.src.read(64 << 20)
         if not data:
             return
-        self.off += len(data)
         buf = self.tail + data
         t = self.tail
         self.rcpts += buf.count(self.KEYS[0]) - t.count(self.KEYS[0])
@@ -322,7 +328,7 @@ def main():
     s.add_argument("--timeout", type=float, default=1200)
     s.add_argument("--size", type=int, default=3000)
     s.add_argument("--tag", default="personalized")
-    s.add_argument("--poll", type=float, default=0.02)
+    s.add_argument("--poll", type=float, default=0.002)
     s.add_argument("--progress", type=float, default=15)
     s.add_argument("--extra", default="{}", help="JSON object merged into the result")
     s = sub.add_parser("freeport")

@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, HERE)
-from mm_fanout import DumpCounter, make_post, read_from  # noqa: E402  (stdlib-only parts)
+from mm_fanout import DumpCounter, Tail, make_post  # noqa: E402  (stdlib-only parts)
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -41,8 +41,7 @@ class SinkCounter:
     PAT = re.compile(rb"mesg=(\d+)")
 
     def __init__(self, path):
-        self.path = path
-        self.off = 0
+        self.src = Tail(path)
         self.tail = b""
         self.mesg = 0
         self.first_mail_args = []  # not in the counter output
@@ -50,10 +49,9 @@ class SinkCounter:
         self.base = self.mesg
 
     def poll(self):
-        data = read_from(self.path, self.off, 1 << 20)
+        data = self.src.read(1 << 20)
         if not data:
             return
-        self.off += len(data)
         buf = self.tail + data
         cut = buf.rfind(b"\r")
         if cut < 0:
@@ -373,7 +371,7 @@ def main():
     s.add_argument("--size", type=int, default=3000)
     s.add_argument("--tag", default="personalized")
     s.add_argument("--mode", default="personalized+dkim")
-    s.add_argument("--poll", type=float, default=0.01)
+    s.add_argument("--poll", type=float, default=0.002)
     s.add_argument("--progress", type=float, default=5)
     s.add_argument("--extra", default="{}", help="JSON object merged into the result")
     s = sub.add_parser("verify")

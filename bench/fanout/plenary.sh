@@ -14,7 +14,7 @@
 # What is measured: Plenary sends one SMTP transaction per recipient (VERP envelope sender,
 # per-recipient one-click List-Unsubscribe, per-copy RSA-2048 DKIM signature). The clock runs
 # from just before the SMTP connect that posts the message to the moment the sink has the last
-# recipient (smtp-sink -D dump, X-Rcpt-Args records counted every 10 ms: mm_fanout.py's
+# recipient (smtp-sink -D dump, X-Rcpt-Args records counted every 2 ms: mm_fanout.py's
 # counter). The list and its members are created with the offline CLI before the daemon
 # starts; that setup is timed separately (setup_s) and is not part of the figure.
 # peak_rss_mb is the daemon's VmHWM right after the last recipient arrived (its whole life).

@@ -313,13 +313,15 @@ impl RelayConn {
 /// §4.5.2) and the end marker. A message that does not end its last line gets a CRLF first.
 pub(crate) fn dot_stuff(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 64 + 8);
-    let mut line_start = true;
-    for &b in bytes {
-        if line_start && b == b'.' {
+    // Copy line by line (memchr finds the LFs), doubling a dot that starts a line.
+    let mut start = 0;
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i + 1);
+        if bytes[start] == b'.' {
             out.push(b'.');
         }
-        out.push(b);
-        line_start = b == b'\n';
+        out.extend_from_slice(&bytes[start..end]);
+        start = end;
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -418,7 +420,7 @@ mod tests {
 
     #[test]
     fn dot_stuffing_doubles_every_leading_dot_and_ends_the_data() {
-        let cases: [(&[u8], &[u8]); 6] = [
+        let cases: [(&[u8], &[u8]); 9] = [
             (b"a\r\n.b\r\n.\r\nc\r\n", b"a\r\n..b\r\n..\r\nc\r\n.\r\n"),
             (b".first\r\n", b"..first\r\n.\r\n"),
             (b"no end", b"no end\r\n.\r\n"),
@@ -427,6 +429,9 @@ mod tests {
             (b"a\n.\nMAIL FROM:<x@y>\r\n", b"a\n..\nMAIL FROM:<x@y>\r\n.\r\n"),
             (b"mid.dle\r\n", b"mid.dle\r\n.\r\n"),
             (b"", b"\r\n.\r\n"),
+            (b"\n\n.", b"\n\n..\r\n.\r\n"),
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b"..x\r\n\r\n.\r\n", b"...x\r\n\r\n..\r\n.\r\n"),
         ];
         for (input, want) in cases {
             assert_eq!(dot_stuff(input), want, "input {:?}", String::from_utf8_lossy(input));
