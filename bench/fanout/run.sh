@@ -99,7 +99,7 @@ for n in sorted({r["members"] for r in rows if r["run"] == "plenary_count"}):
         ratio = "%.0fx" % (med / max(m["recipients_per_s"], 1e-9))
     else:
         mtxt, ratio = "not run", ""
-    print("| %d | %.0f/s (runs: %s) | **%.1f %%** | %.3f s | %s | %s | %s |" % (
+    print("| %d | %.0f/s (runs: %s) | **%.2f %%** | %.3f s | %s | %s | %s |" % (
         n, med, ", ".join("%.0f" % r["recipients_per_s"] for r in cnt), 100 * med / ceil, secs,
         dump, mtxt, ratio))
 EOF
