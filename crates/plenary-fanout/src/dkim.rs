@@ -25,12 +25,8 @@ pub struct DkimKey {
     id: u64,
 }
 
-/// Gives every loaded key (and every [`DkimKey::share`]) its own id.
+/// Gives every loaded key its own id.
 static NEXT_KEY_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn next_key_id() -> u64 {
-    NEXT_KEY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
 
 thread_local! {
     /// Per thread and key: an RSA signing context over the thread's own copy of the key,
@@ -92,7 +88,7 @@ impl DkimKey {
             selector: selector.to_string(),
             key,
             ed25519,
-            id: next_key_id(),
+            id: NEXT_KEY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         k.self_check().map_err(|reason| DkimError::Key { path: p, reason })?;
         Ok(k)
@@ -123,16 +119,16 @@ impl DkimKey {
         }
     }
 
-    /// The same key (shared, not read again) with its own signing contexts: the ARC sealer
-    /// signs with the DKIM RSA key, and reading the file twice could give two different keys
-    /// if it was replaced in between.
+    /// The same key (shared, not read again; it signs through the same per-thread
+    /// contexts): the ARC sealer signs with the DKIM RSA key, and reading the file twice
+    /// could give two different keys if it was replaced in between.
     pub fn share(&self) -> DkimKey {
         DkimKey {
             domain: self.domain.clone(),
             selector: self.selector.clone(),
             key: self.key.clone(),
             ed25519: self.ed25519,
-            id: next_key_id(),
+            id: self.id,
         }
     }
 
@@ -339,17 +335,14 @@ mod tests {
             s.update(data.as_bytes()).expect("update");
             assert_eq!(ours, s.sign_to_vec().expect("sign"), "copy {i}");
         }
-        let mine = CONTEXTS.with(|c| c.borrow().iter().filter(|(id, _)| *id == key.id).count());
-        assert_eq!(mine, 1, "one context per thread and key, reused");
+        let contexts_of = |key: &DkimKey| CONTEXTS.with(|c| c.borrow().iter().filter(|(id, _)| *id == key.id).count());
+        assert_eq!(contexts_of(&key), 1, "one context per thread and key, reused");
         // Another thread signs with its own copy, and the same bytes.
         let data = "from:a@x.org\r\nsubject:other thread\r\n";
         let (theirs, n) = std::thread::scope(|sc| {
             sc.spawn(|| {
                 let sig = key.sign_bytes(data.as_bytes()).expect("sign");
-                (
-                    sig,
-                    CONTEXTS.with(|c| c.borrow().iter().filter(|(id, _)| *id == key.id).count()),
-                )
+                (sig, contexts_of(&key))
             })
             .join()
             .expect("thread")

@@ -328,7 +328,6 @@ async fn concurrent_posts_share_durable_commits() {
     assert_eq!(store.last_seq(list.id).expect("seq"), 64);
 }
 
-/// A new list whose posting policy is `posting`.
 /// A new list at `addr` (named after it).
 fn new_list(store: &Store, addr: &str) -> ListRecord {
     store
@@ -336,6 +335,7 @@ fn new_list(store: &Store, addr: &str) -> ListRecord {
         .expect("create")
 }
 
+/// A new list whose posting policy is `posting`.
 fn list_with(store: &Store, addr: &str, posting: plenary_core::list::PostingPolicy) -> ListRecord {
     let list = new_list(store, addr);
     let mut s = list.settings.clone();
