@@ -27,6 +27,7 @@
 #   binary is older than the sources), KEEP=1 (keep the scratch dir), WORK (parent of the
 #   scratch dir, /tmp), VERIFY=0 (skip the dump check), ARC=1 (also ARC-seal the post,
 #   [arc] enabled, its DNS checks answered by tests/py/dns_server.py with an empty zone),
+#   BIN (the plenary binary; default target/release/plenary, built if stale),
 #   SINK=count (smtp-sink -c instead of -D: recipients are counted from the sink's running
 #   counter and no message data is written to disk, so the co-located sink takes less of the
 #   shared CPUs; nothing is left to verify, so VERIFY is off in this mode).
@@ -46,7 +47,7 @@ LOG_LEVEL=${LOG_LEVEL:-warn}
 WORK=${WORK:-/tmp}
 LIST=bench@lists.example.org
 PY=/usr/bin/python3
-BIN=$ROOT/target/release/plenary
+BIN=${BIN:-$ROOT/target/release/plenary}
 export LC_ALL=C.UTF-8
 
 log() { printf '[%s] plenary.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

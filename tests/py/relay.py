@@ -8,7 +8,11 @@ Every accepted transaction is appended to OUT/messages.jsonl as
 {"mail_from", "rcpts", "data" (latin-1 text), "tls" (bool), "auth" (user or null),
 "conn" (the number of the connection it came on, from 1), "t" (unix time, float),
 "pipelined" (bool: the next command had already arrived when MAIL was read, i.e. the
-client sent MAIL, RCPT and DATA without waiting for the replies, RFC 2920)}.
+client sent MAIL, RCPT and DATA without waiting for the replies, RFC 2920),
+"then_more" (bool: bytes after the end-of-data "." had already arrived when it was read,
+i.e. the client sent the next command with the message, RFC 2920 section 3.1)}.
+A MAIL inside an open transaction gets 503, as Postfix answers it ("nested MAIL
+command"): a client must RSET after a refused transaction before the next one.
 Control files in OUT change behaviour live:
   OUT/refuse   exists -> every RCPT gets 451 4.3.0 (temporary)
   OUT/reject   lines of addresses that get 550 5.1.1 at RCPT (permanent)
@@ -94,10 +98,12 @@ async def session(reader, writer):
             if in_data:
                 text = line.rstrip("\n").rstrip("\r")
                 if text == ".":
+                    then_more = len(reader._buffer) > 0
                     with open(LOG, "a") as f:
                         f.write(json.dumps({"mail_from": mail_from, "rcpts": rcpts, "data": "".join(data),
                                             "tls": tls, "auth": user, "conn": conn,
-                                            "t": time.time(), "pipelined": pipelined}) + "\n")
+                                            "t": time.time(), "pipelined": pipelined,
+                                            "then_more": then_more}) + "\n")
                     send("250 2.0.0 queued")
                     mail_from, rcpts, data, in_data = None, [], [], False
                 else:
@@ -150,6 +156,8 @@ async def session(reader, writer):
                 send("530 5.7.0 must issue a STARTTLS command first")
             elif up.startswith("MAIL FROM:") and AUTH is not None and user is None:
                 send("530 5.7.0 authentication required")
+            elif up.startswith("MAIL FROM:") and mail_from is not None:
+                send("503 5.5.1 Error: nested MAIL command")
             elif up.startswith("MAIL FROM:"):
                 mail_from, rcpts = cmd[10:].strip().split(" ")[0].strip("<>"), []
                 # Bytes after the MAIL line already read from the socket: the client did

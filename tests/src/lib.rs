@@ -585,6 +585,10 @@ pub struct Captured {
     /// The client sent MAIL, RCPT and DATA without waiting for each reply (RFC 2920).
     #[serde(default)]
     pub pipelined: bool,
+    /// The client sent the next transaction's commands in the same write as this message's
+    /// end marker (RFC 2920 §3.1).
+    #[serde(default)]
+    pub then_more: bool,
     /// When the relay accepted it (unix seconds).
     #[serde(default)]
     pub t: f64,

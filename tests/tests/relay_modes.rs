@@ -350,6 +350,54 @@ fn pipelines_when_the_relay_offers_it_and_the_message_arrives_intact() {
     }
 }
 
+/// Copies signed together go out back to back on one connection: with PIPELINING, the
+/// next copy's MAIL, RCPT and DATA travel in the same write as the last copy's message and
+/// end marker, so each copy costs the relay one read and one reply write. Without
+/// PIPELINING, one command at a time. (The signers hand over the first two of five copies
+/// together, so the first copy always has the second behind it; later ones depend on
+/// timing.)
+#[test]
+fn consecutive_copies_share_a_write_when_the_relay_pipelines() {
+    let members = [
+        "a1@example.net",
+        "a2@example.net",
+        "a3@example.net",
+        "a4@example.net",
+        "a5@example.net",
+    ];
+    for (name, options) in [("pipelining", &[][..]), ("no-pipelining", &["--no-pipelining"][..])] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = Relay::start_with(&dir.path().join("relay"), 0, options);
+        let d = Daemon::start(
+            &dir.path().join("d"),
+            "",
+            &format!("[relay]\nport = {}\n\n[fanout]\nconcurrency = 1\n", relay.port),
+        );
+        d.create_list(LIST);
+        let csv: String = members.iter().map(|m| format!("{m}\n")).collect();
+        d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+        let r = send_from(d.smtp, "chair@example.org", LIST, &post(&format!("runs-{name}")));
+        assert!(r.starts_with("250"), "{r}");
+        let mut got = relay.wait_for(&format!("five copies ({name})"), 60, |m| m.len() >= 5);
+        got.sort_by(|a, b| a.t.total_cmp(&b.t));
+        let mut rcpts: Vec<String> = got.iter().flat_map(|m| m.rcpts.clone()).collect();
+        rcpts.sort();
+        assert_eq!(rcpts, members, "{name}: one copy per member");
+        let then_more: Vec<bool> = got.iter().map(|m| m.then_more).collect();
+        if name == "pipelining" {
+            assert!(
+                then_more[0],
+                "{name}: the second copy's envelope did not follow the first's message: {then_more:?}"
+            );
+            assert!(!then_more[4], "{name}: something followed the last copy: {then_more:?}");
+        } else {
+            assert!(then_more.iter().all(|m| !m), "{name}: {then_more:?}");
+        }
+        assert!(got.iter().all(|m| m.conn == got[0].conn), "{name}: one connection");
+        println!("{name}: next envelope in the same write as the message: {then_more:?}");
+    }
+}
+
 /// A recipient the relay refuses (550) counts as a bounce and the transaction is reset, not
 /// the connection: with one connection, the copies before and after the refusal come over the
 /// same one, whether the transaction was pipelined or sent one command at a time (the path

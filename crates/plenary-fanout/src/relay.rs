@@ -10,14 +10,16 @@
 //! greeting, wrapped in [`TlsRelayStream`] so lettre can drive it.
 //!
 //! Where the relay offers PIPELINING (RFC 2920) and the stream under lettre's client is
-//! ours (plain TCP or implicit TLS; after STARTTLS, lettre owns the TLS layer), a copy goes
-//! out in two writes instead of five: `MAIL`, `RCPT` and `DATA` together, then the
-//! dot-stuffed message with its end marker. That is two round trips per copy instead of
-//! four, which halves the waiting on a distant relay and the system calls on both ends of
-//! a near one. The replies are still read one by one with lettre's reader. Elsewhere the
-//! commands go one at a time through lettre's `command`. Either way a refused transaction
-//! is reset (`RSET`) so the connection is kept, where lettre's own `send` closes it on any
-//! refusal.
+//! ours (plain TCP or implicit TLS; after STARTTLS, lettre owns the TLS layer), copies go
+//! out in runs ([`RelayConn::send_run`]): one write carries a copy's message and end marker
+//! together with the next copy's `MAIL`, `RCPT` and `DATA` (message content may start a
+//! group, RFC 2920 §3.1). A copy then costs one round trip and one write and one read on
+//! each side, where one command at a time costs four of each; on a near relay that halves
+//! the relay's system calls and ours even against pipelining each copy on its own. The
+//! replies are still read one by one with lettre's reader. Elsewhere the commands go one
+//! at a time through lettre's `command`. Either way a refused transaction is reset (`RSET`;
+//! in a run, in the same write as the next envelope) so the connection is kept, where
+//! lettre's own `send` closes it on any refusal.
 //!
 //! Certificates are checked against the Mozilla roots (webpki-roots) plus the PEM file in
 //! `relay.ca_file`, for a relay with a private CA or a self-signed certificate.
@@ -168,7 +170,7 @@ pub(crate) async fn connect(settings: &FanoutSettings, tls: Option<&RelayTlsConf
             raw = None;
         }
     }
-    Ok(RelayConn { conn, raw })
+    Ok(RelayConn { conn, raw, dead: false })
 }
 
 /// Why a copy was not handed over.
@@ -199,23 +201,228 @@ pub(crate) struct RelayConn {
     conn: AsyncSmtpConnection,
     /// Set when the relay offers PIPELINING and the stream under `conn` is ours.
     raw: Option<Shared>,
+    /// Set when the relay stalled or the connection broke mid-run: drop it.
+    dead: bool,
+}
+
+/// One copy for [`RelayConn::send_run`]: its envelope and the message.
+pub(crate) struct Txn<T> {
+    pub(crate) env: Envelope,
+    pub(crate) item: T,
 }
 
 impl RelayConn {
-    /// Hand one message to the relay. Afterwards, [`RelayConn::usable`] says whether the
-    /// connection can be kept for the next one.
-    pub(crate) async fn send(&mut self, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
-        let r = match self.raw.clone() {
-            Some(raw) => self.pipelined_send(raw, env, bytes).await,
-            None => self.stepwise_send(env, bytes).await,
+    /// Hand `first`, then every copy `next` has ready, to the relay, in order; returns each
+    /// copy's outcome. `next` must not wait: when it has nothing, the run ends. After a
+    /// broken connection (or a timeout) the run ends too, with the copies in flight
+    /// reported, and [`RelayConn::usable`] says false. Each write and each reply must come
+    /// within `limit`; a relay that stalls longer counts as a temporary failure.
+    ///
+    /// With PIPELINING (see the module docs) one write per copy carries the last copy's
+    /// message and end marker and the next copy's `MAIL`, `RCPT` and `DATA` (RFC 2920
+    /// §3.1: message content may start a group), so each copy costs one round trip and one
+    /// write and one read on each side.
+    pub(crate) async fn send_run<T: AsRef<[u8]>>(
+        &mut self,
+        first: Txn<T>,
+        mut next: impl FnMut() -> Option<Txn<T>>,
+        limit: std::time::Duration,
+    ) -> Vec<(T, Result<(), Refused>)> {
+        let mut out = Vec::new();
+        let Some(raw) = self.raw.clone() else {
+            let mut cur = Some(first);
+            while let Some(t) = cur.take() {
+                let r = match tokio::time::timeout(limit, self.send(&t.env, t.item.as_ref())).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.dead = true;
+                        Err(stalled(limit))
+                    }
+                };
+                out.push((t.item, r));
+                if !self.usable() {
+                    break;
+                }
+                cur = next();
+            }
+            return out;
         };
+        let r = self.pipelined_run(raw, first, &mut next, limit, &mut out).await;
+        if let Err((in_flight, why)) = r {
+            // Dropped, not closed with QUIT: the relay may not be answering at all.
+            self.dead = true;
+            for item in in_flight {
+                let why = match &why {
+                    Refused::Transient(m) => Refused::Transient(m.clone()),
+                    Refused::Permanent(m) | Refused::Broken(m) => Refused::Broken(m.clone()),
+                };
+                out.push((item, Err(why)));
+            }
+        }
+        out
+    }
+
+    /// The pipelined run (see [`RelayConn::send_run`]). On a broken connection, returns the
+    /// copies in flight and why (`Transient` for a stall, `Broken` otherwise).
+    async fn pipelined_run<T: AsRef<[u8]>>(
+        &mut self,
+        mut raw: Shared,
+        first: Txn<T>,
+        next: &mut impl FnMut() -> Option<Txn<T>>,
+        limit: std::time::Duration,
+        out: &mut Vec<(T, Result<(), Refused>)>,
+    ) -> Result<(), (Vec<T>, Refused)> {
+        let Some((first, cmds)) = self.envelope_of(Some(first), next, out) else {
+            return Ok(());
+        };
+        // What goes out in the next write, and the copies it concerns: `done` (whose
+        // message and end marker it carries, with a refusal seen before its DATA) and
+        // `cur` (whose envelope it carries), read back in that order.
+        let mut wire = cmds;
+        let mut done: Option<(T, Option<Refused>)> = None;
+        let mut cur: Option<Txn<T>> = Some(first);
+        let mut rset = false;
+        loop {
+            let in_flight = |done: Option<(T, Option<Refused>)>, cur: Option<Txn<T>>| -> Vec<T> {
+                done.map(|d| d.0).into_iter().chain(cur.map(|c| c.item)).collect()
+            };
+            match tokio::time::timeout(limit, raw.write_all(&wire)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err((
+                        in_flight(done, cur),
+                        Refused::Broken(format!("writing to the relay: {e}")),
+                    ));
+                }
+                Err(_) => return Err((in_flight(done, cur), stalled(limit))),
+            }
+            if let Some((item, refused)) = done.take() {
+                match self.reply(limit).await {
+                    Err(Refused::Broken(m)) => return Err((in_flight(Some((item, None)), cur), Refused::Broken(m))),
+                    Err(r) if matches!(r, Refused::Transient(_)) && !self.usable() => {
+                        return Err((in_flight(Some((item, None)), cur), r))
+                    }
+                    end => out.push((item, refused.map_or(end, Err))),
+                }
+            }
+            if std::mem::take(&mut rset) {
+                if let Err(r) = self.reply(limit).await {
+                    let why = match r {
+                        Refused::Permanent(m) | Refused::Transient(m) | Refused::Broken(m) => {
+                            Refused::Broken(format!("RSET after a refused transaction: {m}"))
+                        }
+                    };
+                    return Err((in_flight(None, cur), why));
+                }
+            }
+            let Some(txn) = cur.take() else {
+                return Ok(());
+            };
+            // MAIL, each RCPT, DATA. Every reply is read, even after a refusal, so the next
+            // transaction starts in step.
+            let mut refused: Option<Refused> = None;
+            let mut data_accepted = false;
+            let n = txn.env.to().len() + 2;
+            for i in 0..n {
+                match self.reply(limit).await {
+                    Ok(()) => data_accepted = i == n - 1,
+                    Err(Refused::Broken(m)) => return Err((vec![txn.item], Refused::Broken(m))),
+                    Err(r) if !self.usable() => return Err((vec![txn.item], r)),
+                    Err(r) => {
+                        refused.get_or_insert(r);
+                    }
+                }
+            }
+            if !data_accepted {
+                // The transaction is still open (MAIL was taken) or never began: reset it
+                // before the next one, in the same write.
+                out.push((
+                    txn.item,
+                    Err(refused.unwrap_or_else(|| Refused::Broken("no reply to DATA".into()))),
+                ));
+                let Some((t, cmds)) = self.envelope_of(next(), next, out) else {
+                    // Nothing more: leave the connection clean for the next run.
+                    wire = Rset.to_string().into_bytes();
+                    rset = true;
+                    continue;
+                };
+                wire = Rset.to_string().into_bytes();
+                wire.extend_from_slice(&cmds);
+                rset = true;
+                cur = Some(t);
+                continue;
+            }
+            // DATA accepted: the message, or an empty one if a command before it was
+            // refused (a relay that takes DATA without a valid recipient), then the next
+            // copy's envelope.
+            wire = if refused.is_some() {
+                Vec::from(&b".\r\n"[..])
+            } else {
+                dot_stuff(txn.item.as_ref())
+            };
+            if let Some((t, cmds)) = self.envelope_of(next(), next, out) {
+                wire.extend_from_slice(&cmds);
+                cur = Some(t);
+            }
+            done = Some((txn.item, refused));
+        }
+    }
+
+    /// `t` or the first copy after it with an envelope the relay can take, and that
+    /// envelope's commands; the copies it cannot take are refused into `out`.
+    fn envelope_of<T: AsRef<[u8]>>(
+        &self,
+        mut t: Option<Txn<T>>,
+        next: &mut impl FnMut() -> Option<Txn<T>>,
+        out: &mut Vec<(T, Result<(), Refused>)>,
+    ) -> Option<(Txn<T>, Vec<u8>)> {
+        while let Some(txn) = t.take() {
+            match self.envelope_commands(&txn.env, txn.item.as_ref()) {
+                Ok(cmds) => return Some((txn, cmds)),
+                Err(r) => {
+                    out.push((txn.item, Err(r)));
+                    t = next();
+                }
+            }
+        }
+        None
+    }
+
+    /// `MAIL`, one `RCPT` per recipient and `DATA`, as one string of commands.
+    fn envelope_commands(&self, env: &Envelope, bytes: &[u8]) -> Result<Vec<u8>, Refused> {
+        let params = self.mail_parameters(env, bytes)?;
+        let mut head = Mail::new(env.from().cloned(), params).to_string();
+        for to in env.to() {
+            head.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+        }
+        head.push_str(&Data.to_string());
+        Ok(head.into_bytes())
+    }
+
+    /// Read one reply within `limit`: `Ok` for 2xx/3xx. A stall closes the connection and
+    /// counts as temporary.
+    async fn reply(&mut self, limit: std::time::Duration) -> Result<(), Refused> {
+        match tokio::time::timeout(limit, self.conn.read_response()).await {
+            Ok(r) => r.map(|_| ()).map_err(Refused::from),
+            Err(_) => {
+                self.dead = true;
+                Err(stalled(limit))
+            }
+        }
+    }
+
+    /// Hand one message to the relay one command at a time with lettre's `command` (not
+    /// its `send`, which closes the connection on any refusal): for STARTTLS connections
+    /// and relays without PIPELINING. A refused transaction is reset (`RSET`) so the
+    /// connection is kept.
+    async fn send(&mut self, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
+        let r = self.stepwise_send(env, bytes).await;
         match &r {
             Ok(()) => {}
-            Err(Refused::Broken(_)) => self.conn.abort().await,
-            // Close the refused transaction so the connection can be reused.
+            Err(Refused::Broken(_)) => self.dead = true,
             Err(_) => {
                 if self.conn.command(Rset).await.is_err() {
-                    self.conn.abort().await;
+                    self.dead = true;
                 }
             }
         }
@@ -224,11 +431,10 @@ impl RelayConn {
 
     /// Whether the connection can take another transaction.
     pub(crate) fn usable(&self) -> bool {
-        !self.conn.has_broken()
+        !self.dead && !self.conn.has_broken()
     }
 
-    /// One command at a time with lettre's `command` (not its `send`, which closes the
-    /// connection on any refusal): for STARTTLS connections and relays without PIPELINING.
+    /// The commands of [`RelayConn::send`].
     async fn stepwise_send(&mut self, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
         let params = self.mail_parameters(env, bytes)?;
         self.conn.command(Mail::new(env.from().cloned(), params)).await?;
@@ -263,50 +469,11 @@ impl RelayConn {
         }
         Ok(params)
     }
+}
 
-    async fn pipelined_send(&mut self, mut raw: Shared, env: &Envelope, bytes: &[u8]) -> Result<(), Refused> {
-        let params = self.mail_parameters(env, bytes)?;
-        let broken = |what: &str, e: io::Error| Refused::Broken(format!("writing {what} to the relay: {e}"));
-        let mut head = Mail::new(env.from().cloned(), params).to_string();
-        for to in env.to() {
-            head.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
-        }
-        head.push_str(&Data.to_string());
-        raw.write_all(head.as_bytes())
-            .await
-            .map_err(|e| broken("the envelope", e))?;
-        // Every reply is read, even after a refusal, so the next transaction starts in step.
-        let mut refused: Option<Refused> = None;
-        let mut data_accepted = false;
-        for i in 0..env.to().len() + 2 {
-            match self.conn.read_response().await {
-                Ok(_) => data_accepted = i == env.to().len() + 1,
-                Err(e) => match Refused::from(e) {
-                    Refused::Broken(m) => return Err(Refused::Broken(m)),
-                    r => {
-                        refused.get_or_insert(r);
-                    }
-                },
-            }
-        }
-        if !data_accepted {
-            return Err(refused.unwrap_or_else(|| Refused::Broken("no reply to DATA".into())));
-        }
-        // DATA accepted: send the message, or, if a command before it was refused (a
-        // relay that takes DATA without a valid recipient), an empty one, then report the
-        // refusal.
-        let body = if refused.is_some() {
-            Vec::from(&b".\r\n"[..])
-        } else {
-            dot_stuff(bytes)
-        };
-        raw.write_all(&body).await.map_err(|e| broken("the message", e))?;
-        let end = self.conn.read_response().await.map_err(Refused::from);
-        match refused {
-            Some(r) => Err(r),
-            None => end.map(|_| ()),
-        }
-    }
+/// A relay that did not answer (or take our bytes) within `limit`: a temporary failure.
+fn stalled(limit: std::time::Duration) -> Refused {
+    Refused::Transient(format!("the relay did not answer within {} s", limit.as_secs()))
 }
 
 /// The DATA payload: `bytes` with a dot doubled at the start of every line (RFC 5321
