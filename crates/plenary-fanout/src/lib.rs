@@ -149,10 +149,13 @@ fn txn(copy: Copy, bad: &mut Vec<(MemberAddress, Sent)>) -> Option<relay::Txn<Co
 const COPIES_PER_LANE: usize = 8;
 
 /// Signed copies waiting for a relay lane, shared by the lanes of one batch.
-#[derive(Default)]
 struct Queue {
     state: std::sync::Mutex<QueueState>,
     more: tokio::sync::Notify,
+    /// Copies the queue holds before [`Queue::room`] waits.
+    cap: usize,
+    /// Signalled when a pop brings the queue down to `cap`.
+    space: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -163,6 +166,37 @@ struct QueueState {
 }
 
 impl Queue {
+    fn new(cap: usize) -> Queue {
+        Queue {
+            state: Default::default(),
+            more: tokio::sync::Notify::new(),
+            cap: cap.max(1),
+            space: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Wait until the queue holds no more than its cap.
+    async fn room(&self) {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            if self.state().copies.len() <= self.cap {
+                return;
+            }
+            space.await;
+        }
+    }
+
+    /// Take the front copy; tell [`Queue::room`] when that makes room.
+    fn pop_front(&self, s: &mut QueueState) -> Option<Copy> {
+        let c = s.copies.pop_front();
+        if c.is_some() && s.copies.len() == self.cap {
+            self.space.notify_one();
+        }
+        c
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // A panic elsewhere while holding the lock leaves the queue itself consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -189,7 +223,7 @@ impl Queue {
     }
 
     fn try_pop(&self) -> Option<Copy> {
-        self.state().copies.pop_front()
+        self.pop_front(&mut self.state())
     }
 
     /// The next copy, waiting for one; `None` once the queue is closed and empty.
@@ -200,7 +234,7 @@ impl Queue {
             more.as_mut().enable();
             {
                 let mut s = self.state();
-                if let Some(c) = s.copies.pop_front() {
+                if let Some(c) = self.pop_front(&mut s) {
                     return Some(c);
                 }
                 if s.closed {
@@ -330,8 +364,10 @@ impl Worker {
                 continue;
             };
             let retry = first.item.retried;
+            // A retried copy skips the pool (its connection may be as stale as the one
+            // that broke) but may use the lane's own, opened since the break.
             let reuse = if retry {
-                None
+                conn.take()
             } else {
                 conn.take().or_else(|| self.idle.lock().ok().and_then(|mut v| v.pop()))
             };
@@ -569,6 +605,9 @@ impl Worker {
         plan: &JobPlan,
         rcpts: Vec<(MemberAddress, Option<String>, usize)>,
     ) -> Result<(usize, Vec<(MemberAddress, Sent)>), FanoutError> {
+        if rcpts.is_empty() {
+            return Ok((0, Vec::new()));
+        }
         let threads = self.signers.min(rcpts.len().div_ceil(CHUNK));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Copy>, dkim::DkimError>>(threads * 2);
         let rcpts = Arc::new(rcpts);
@@ -600,9 +639,10 @@ impl Worker {
             });
         }
         drop(tx);
-        let queue = Arc::new(Queue::default());
+        let lanes_n = self.settings.concurrency.max(1).min(rcpts.len());
+        let queue = Arc::new(Queue::new(lanes_n * COPIES_PER_LANE * 2));
         let mut lanes = tokio::task::JoinSet::new();
-        for _ in 0..self.settings.concurrency.max(1).min(rcpts.len()) {
+        for _ in 0..lanes_n {
             lanes.spawn(self.clone().lane(queue.clone()));
         }
         let mut sent = 0;
@@ -611,11 +651,13 @@ impl Worker {
         while let Some(chunk) = rx.recv().await {
             match chunk {
                 Ok(copies) => {
+                    // A slow relay holds the signers back here, not in memory.
+                    queue.room().await;
                     sent += copies.len();
                     queue.push(copies);
                 }
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some(FanoutError::from(e));
                     break;
                 }
             }
@@ -624,13 +666,17 @@ impl Worker {
         queue.close();
         let mut out = Vec::with_capacity(sent);
         while let Some(r) = lanes.join_next().await {
-            if let Ok(r) = r {
-                out.extend(r);
+            match r {
+                Ok(r) => out.extend(r),
+                // Which copies it had is unknown: the whole batch is replayed.
+                Err(e) => {
+                    failure.get_or_insert(FanoutError::Engine(format!("a relay lane failed: {e}")));
+                }
             }
         }
         match failure {
             // Copies already handed over are reported by the caller's retry of this batch.
-            Some(e) => Err(e.into()),
+            Some(e) => Err(e),
             None => Ok((sent, out)),
         }
     }
@@ -1094,6 +1140,23 @@ mod tests {
             retries[0].rcpt.as_str(),
             "bo@example.net",
             "only the remaining member was attempted"
+        );
+
+        // The parked member leaves too, and the retry falls due: the retry pass finds
+        // nobody to send to (an empty delivery, which must neither fail nor panic).
+        let mut due = retries[0].clone();
+        due.due = 0;
+        store
+            .apply(vec![
+                Write::PutRetry(due),
+                Write::RemoveMember(kept.id, MemberAddress::parse("bo@example.net").expect("valid")),
+            ])
+            .expect("leave");
+        let (sent, _) = worker.step(&mut plans).await.expect("step with an empty retry batch");
+        assert_eq!(sent, 0, "nobody left to send to");
+        assert!(
+            store.retries().expect("retries").is_empty(),
+            "the retry of a member who left is dropped"
         );
     }
 }

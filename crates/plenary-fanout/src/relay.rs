@@ -106,8 +106,16 @@ impl RelayTlsConfig {
     }
 }
 
-/// Open one relay connection in the configured mode, greeting, EHLO and AUTH done.
+/// Open one relay connection in the configured mode, greeting, EHLO and AUTH done, all
+/// within the relay timeout (a relay that takes the TCP connection but never greets must
+/// not hold a lane forever).
 pub(crate) async fn connect(settings: &FanoutSettings, tls: Option<&RelayTlsConfig>) -> Result<RelayConn, String> {
+    tokio::time::timeout(settings.timeout, open(settings, tls))
+        .await
+        .map_err(|_| format!("the relay did not greet within {} s", settings.timeout.as_secs()))?
+}
+
+async fn open(settings: &FanoutSettings, tls: Option<&RelayTlsConfig>) -> Result<RelayConn, String> {
     let addr = (settings.relay_host.as_str(), settings.relay_port);
     let stream = tokio::time::timeout(settings.timeout, TcpStream::connect(addr))
         .await
@@ -283,36 +291,36 @@ impl RelayConn {
         let mut cur: Option<Txn<T>> = Some(first);
         let mut rset = false;
         loop {
-            let in_flight = |done: Option<(T, Option<Refused>)>, cur: Option<Txn<T>>| -> Vec<T> {
-                done.map(|d| d.0).into_iter().chain(cur.map(|c| c.item)).collect()
-            };
             match tokio::time::timeout(limit, raw.write_all(&wire)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     return Err((
-                        in_flight(done, cur),
+                        in_flight(done, cur, out),
                         Refused::Broken(format!("writing to the relay: {e}")),
                     ));
                 }
-                Err(_) => return Err((in_flight(done, cur), stalled(limit))),
+                Err(_) => return Err((in_flight(done, cur, out), stalled(limit))),
             }
             if let Some((item, refused)) = done.take() {
                 match self.reply(limit).await {
-                    Err(Refused::Broken(m)) => return Err((in_flight(Some((item, None)), cur), Refused::Broken(m))),
+                    Err(Refused::Broken(m)) => {
+                        return Err((in_flight(Some((item, refused)), cur, out), Refused::Broken(m)))
+                    }
                     Err(r) if matches!(r, Refused::Transient(_)) && !self.usable() => {
-                        return Err((in_flight(Some((item, None)), cur), r))
+                        return Err((in_flight(Some((item, refused)), cur, out), r))
                     }
                     end => out.push((item, refused.map_or(end, Err))),
                 }
             }
             if std::mem::take(&mut rset) {
-                if let Err(r) = self.reply(limit).await {
-                    let why = match r {
-                        Refused::Permanent(m) | Refused::Transient(m) | Refused::Broken(m) => {
-                            Refused::Broken(format!("RSET after a refused transaction: {m}"))
-                        }
-                    };
-                    return Err((in_flight(None, cur), why));
+                match self.reply(limit).await {
+                    Ok(()) => {}
+                    // A stall stays a temporary failure.
+                    Err(r @ Refused::Transient(_)) if !self.usable() => return Err((in_flight(None, cur, out), r)),
+                    Err(Refused::Permanent(m) | Refused::Transient(m) | Refused::Broken(m)) => {
+                        let why = Refused::Broken(format!("RSET after a refused transaction: {m}"));
+                        return Err((in_flight(None, cur, out), why));
+                    }
                 }
             }
             let Some(txn) = cur.take() else {
@@ -403,7 +411,14 @@ impl RelayConn {
     /// counts as temporary.
     async fn reply(&mut self, limit: std::time::Duration) -> Result<(), Refused> {
         match tokio::time::timeout(limit, self.conn.read_response()).await {
-            Ok(r) => r.map(|_| ()).map_err(Refused::from),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                // 421: the relay is closing the connection (RFC 5321 §3.8).
+                if e.status().is_some_and(|c| c.to_string() == "421") {
+                    self.dead = true;
+                }
+                Err(Refused::from(e))
+            }
             Err(_) => {
                 self.dead = true;
                 Err(stalled(limit))
@@ -469,6 +484,23 @@ impl RelayConn {
         }
         Ok(params)
     }
+}
+
+/// The copies in flight when a run's connection fails; one whose envelope was already
+/// refused keeps that outcome (into `out`).
+fn in_flight<T>(
+    done: Option<(T, Option<Refused>)>,
+    cur: Option<Txn<T>>,
+    out: &mut Vec<(T, Result<(), Refused>)>,
+) -> Vec<T> {
+    let mut v = Vec::new();
+    match done {
+        Some((item, Some(r))) => out.push((item, Err(r))),
+        Some((item, None)) => v.push(item),
+        None => {}
+    }
+    v.extend(cur.map(|c| c.item));
+    v
 }
 
 /// A relay that did not answer (or take our bytes) within `limit`: a temporary failure.
