@@ -83,16 +83,19 @@ fn post(id: &str) -> String {
 }
 
 fn daemon(root: &Path, relay: &str, members: &[&str]) -> Daemon {
-    let d = Daemon::start(
-        root,
-        "",
-        &format!("[relay]\n{relay}\n\n[fanout]\nretry_initial_secs = 1\nretry_max_secs = 1\n"),
-    );
+    let (d, out) = daemon_with(root, relay, "retry_initial_secs = 1\nretry_max_secs = 1", members);
+    assert!(out.contains(&format!("{} added", members.len())), "{out}");
+    d
+}
+
+/// A daemon with `[relay]` and `[fanout]` lines, the list and `members` in it; also returns
+/// what `member add` printed.
+fn daemon_with(root: &Path, relay: &str, fanout: &str, members: &[&str]) -> (Daemon, String) {
+    let d = Daemon::start(root, "", &format!("[relay]\n{relay}\n\n[fanout]\n{fanout}\n"));
     d.create_list(LIST);
     let csv: String = members.iter().map(|m| format!("{m}\n")).collect();
     let out = d.cli_stdin(&["member", "add", LIST, "-"], &csv);
-    assert!(out.contains(&format!("{} added", members.len())), "{out}");
-    d
+    (d, out)
 }
 
 const MEMBERS: [&str; 3] = ["ana@example.net", "bo@example.net", "chen@example.com"];
@@ -368,14 +371,8 @@ fn consecutive_copies_share_a_write_when_the_relay_pipelines() {
     for (name, options) in [("pipelining", &[][..]), ("no-pipelining", &["--no-pipelining"][..])] {
         let dir = tempfile::tempdir().expect("tempdir");
         let relay = Relay::start_with(&dir.path().join("relay"), 0, options);
-        let d = Daemon::start(
-            &dir.path().join("d"),
-            "",
-            &format!("[relay]\nport = {}\n\n[fanout]\nconcurrency = 1\n", relay.port),
-        );
-        d.create_list(LIST);
-        let csv: String = members.iter().map(|m| format!("{m}\n")).collect();
-        d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+        let port = format!("port = {}", relay.port);
+        let (d, _) = daemon_with(&dir.path().join("d"), &port, "concurrency = 1", &members);
         let r = send_from(d.smtp, "chair@example.org", LIST, &post(&format!("runs-{name}")));
         assert!(r.starts_with("250"), "{r}");
         let mut got = relay.wait_for(&format!("five copies ({name})"), 60, |m| m.len() >= 5);
@@ -413,14 +410,8 @@ fn refused_recipient_keeps_the_connection(name: &str, options: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let relay = Relay::start_with(&dir.path().join("relay"), 0, options);
     relay.reject(&["bo@example.net"]);
-    let d = Daemon::start(
-        &dir.path().join("d"),
-        "",
-        &format!("[relay]\nport = {}\n\n[fanout]\nconcurrency = 1\n", relay.port),
-    );
-    d.create_list(LIST);
-    let csv: String = MEMBERS.iter().map(|m| format!("{m}\n")).collect();
-    d.cli_stdin(&["member", "add", LIST, "-"], &csv);
+    let port = format!("port = {}", relay.port);
+    let (d, _) = daemon_with(&dir.path().join("d"), &port, "concurrency = 1", &MEMBERS);
     let r = send_from(d.smtp, "chair@example.org", LIST, &post("refused-rcpt"));
     assert!(r.starts_with("250"), "{r}");
     let got = relay.wait_for("two copies", 60, |m| m.len() >= 2);
