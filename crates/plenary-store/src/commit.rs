@@ -100,7 +100,8 @@ pub(crate) struct CommitCtx {
     pub trees: Trees,
     /// The only writer of the raw-message spool.
     pub spool: SpoolWriter,
-    pub db_file: File,
+    /// Handed to the syncer thread when the committer starts.
+    pub db_file: Option<File>,
     pub failed: Arc<AtomicBool>,
     pub settings: StoreSettings,
     pub index_notify: Arc<tokio::sync::Notify>,
@@ -215,7 +216,88 @@ struct Counters {
     next_seq: HashMap<ListId, u64>,
 }
 
+/// A batch whose records are applied (and whose bytes are in the spool, synced) but not
+/// yet flushed to disk by sled: its callers wait for the syncer.
+struct Applied {
+    jobs: Vec<Job>,
+    outcomes: Vec<Vec<TargetOutcome>>,
+    queued_for_index: bool,
+    queued_work: bool,
+}
+
+/// What the syncer needs to make sled durable and to tell the rest of the daemon.
+struct SyncCtx {
+    db: sled::Db,
+    db_file: File,
+    settings: StoreSettings,
+    failed: Arc<AtomicBool>,
+    index_notify: Arc<tokio::sync::Notify>,
+    work_notify: Arc<tokio::sync::Notify>,
+    stats: Arc<CommitStats>,
+}
+
+/// Answer every waiter of a failed batch with the same kind of error: disk full (452) or
+/// failed (451).
+fn refuse(jobs: Vec<Job>, e: &StoreError) {
+    let (needed, available) = match e {
+        StoreError::DiskFull { needed, available } => (*needed, *available),
+        _ => (0, 0),
+    };
+    let disk_full = e.is_disk_full();
+    for job in jobs {
+        let err = if disk_full {
+            StoreError::DiskFull { needed, available }
+        } else {
+            StoreError::Failed
+        };
+        let _ = job.reply.send(Err(err));
+    }
+}
+
+/// The committer works in two stages on two threads, so that one batch's wait for the disk
+/// overlaps the next batch's work. Stage one (this thread) gathers a batch, writes and
+/// `fdatasync`s its bytes in the spool and applies its records to sled. Stage two (the
+/// syncer) flushes sled and fsyncs its file, then answers every batch applied before the
+/// flush began. Nobody is answered before both stages are done for their batch, and the
+/// spool's sync still precedes the records that point into it (the ordering the spool's
+/// durability rests on); what the split adds is that batch N+1 is gathered, spooled and
+/// applied while batch N's flush is on its way to the disk, and the batches that queue up
+/// meanwhile share the next flush.
 fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
+    let sync = SyncCtx {
+        db: ctx.db.clone(),
+        db_file: match ctx.db_file.take() {
+            Some(f) => f,
+            None => {
+                tracing::error!("the committer has no database file to sync; store is now failed");
+                ctx.failed.store(true, Ordering::SeqCst);
+                while let Some(job) = rx.blocking_recv() {
+                    refuse(vec![job], &StoreError::Failed);
+                }
+                return;
+            }
+        },
+        settings: ctx.settings.clone(),
+        failed: ctx.failed.clone(),
+        index_notify: ctx.index_notify.clone(),
+        work_notify: ctx.work_notify.clone(),
+        stats: ctx.stats.clone(),
+    };
+    let (applied_tx, applied_rx) = std::sync::mpsc::channel::<Applied>();
+    let syncer = std::thread::Builder::new()
+        .name("plenary-sync".into())
+        .spawn(move || run_syncer(sync, applied_rx));
+    let syncer = match syncer {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the syncer thread; store is now failed");
+            ctx.failed.store(true, Ordering::SeqCst);
+            while let Some(job) = rx.blocking_recv() {
+                refuse(vec![job], &StoreError::Failed);
+            }
+            return;
+        }
+    };
     let mut counters = Counters::default();
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -235,21 +317,21 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
             messages = jobs.len(),
             bytes,
             elapsed_us = started.elapsed().as_micros() as u64,
-            "group commit"
+            "group commit applied"
         );
         match result {
             Ok((outcomes, queued_for_index, queued_work)) => {
-                ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
-                ctx.stats.requests.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                for (job, out) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(out));
-                }
-                if queued_for_index {
-                    ctx.index_notify.notify_one();
-                }
-                if queued_work {
-                    ctx.work_notify.notify_waiters();
-                    ctx.work_notify.notify_one();
+                let applied = Applied {
+                    jobs,
+                    outcomes,
+                    queued_for_index,
+                    queued_work,
+                };
+                if let Err(std::sync::mpsc::SendError(a)) = applied_tx.send(applied) {
+                    // The syncer is gone (it panicked): nothing can be made durable.
+                    ctx.failed.store(true, Ordering::SeqCst);
+                    tracing::error!("the syncer thread ended; store is now failed");
+                    refuse(a.jobs, &StoreError::Failed);
                 }
             }
             Err(e) => {
@@ -258,19 +340,57 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 } else if !matches!(e, StoreError::DiskFull { .. } | StoreError::Failed) {
                     tracing::warn!(error = %e, "group commit refused");
                 }
-                // Every waiter gets the same kind of answer: disk full (452) or failed (451).
-                let (needed, available) = match e {
-                    StoreError::DiskFull { needed, available } => (needed, available),
-                    _ => (0, 0),
-                };
-                let disk_full = e.is_disk_full();
-                for job in jobs {
-                    let err = if disk_full {
-                        StoreError::DiskFull { needed, available }
-                    } else {
-                        StoreError::Failed
-                    };
-                    let _ = job.reply.send(Err(err));
+                refuse(jobs, &e);
+            }
+        }
+    }
+    drop(applied_tx);
+    let _ = syncer.join();
+}
+
+/// Stage two of the committer: one flush for every batch applied since the last one.
+fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        batches.extend(rx.try_iter());
+        let started = std::time::Instant::now();
+        let result = if ctx.failed.load(Ordering::SeqCst) {
+            Err(StoreError::Failed)
+        } else {
+            make_durable(&ctx.db, &ctx.db_file, &ctx.settings)
+        };
+        tracing::debug!(
+            batches = batches.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "group commit durable"
+        );
+        match result {
+            Ok(()) => {
+                let (mut index, mut work) = (false, false);
+                for b in batches {
+                    ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.requests.fetch_add(b.jobs.len() as u64, Ordering::Relaxed);
+                    index |= b.queued_for_index;
+                    work |= b.queued_work;
+                    for (job, out) in b.jobs.into_iter().zip(b.outcomes) {
+                        let _ = job.reply.send(Ok(out));
+                    }
+                }
+                if index {
+                    ctx.index_notify.notify_one();
+                }
+                if work {
+                    ctx.work_notify.notify_waiters();
+                    ctx.work_notify.notify_one();
+                }
+            }
+            Err(e) => {
+                if !matches!(e, StoreError::Failed) {
+                    tracing::error!(error = %e, "group commit failed; store is now failed");
+                }
+                ctx.failed.store(true, Ordering::SeqCst);
+                for b in batches {
+                    refuse(b.jobs, &StoreError::Failed);
                 }
             }
         }
@@ -633,10 +753,6 @@ fn commit_batch(
         TransactionError::Abort(()) => StoreError::Failed,
     });
     if let Err(e) = r {
-        ctx.failed.store(true, Ordering::SeqCst);
-        return Err(e);
-    }
-    if let Err(e) = make_durable(&ctx.db, &ctx.db_file, &ctx.settings) {
         ctx.failed.store(true, Ordering::SeqCst);
         return Err(e);
     }

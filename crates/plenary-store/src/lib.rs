@@ -281,10 +281,10 @@ impl Store {
             db: db.clone(),
             trees: trees.clone(),
             spool: spool_writer,
-            db_file: db_file.try_clone().map_err(|source| StoreError::Io {
+            db_file: Some(db_file.try_clone().map_err(|source| StoreError::Io {
                 path: dir.join("db"),
                 source,
-            })?,
+            })?),
             failed: failed.clone(),
             settings: settings.clone(),
             index_notify: index_notify.clone(),
