@@ -1057,7 +1057,8 @@ impl Engine {
         Ok(n)
     }
 
-    /// Turn waiting posts into digest jobs: when a list has `digest_size` posts waiting, or
+    /// Turn waiting posts into digest jobs (or, on a list where nobody takes digests, just
+    /// take them): when a list has `digest_size` posts waiting, or
     /// the oldest has waited `digest_interval`, or `force` names the list.
     pub fn make_digests(&self, force: Option<ListId>) -> Result<usize, EngineError> {
         let mut by_list: HashMap<ListId, Vec<(plenary_core::MessageKey, i64)>> = HashMap::new();
@@ -1078,6 +1079,14 @@ impl Engine {
                 continue;
             }
             let keys: Vec<_> = items.iter().map(|(k, _)| *k).collect();
+            if !self.store.has_digest_member(list_id)? {
+                // Nobody takes digests: the posts leave the queue as a digest job would take
+                // them (one to nobody), without building and walking one. A member who
+                // switches to digests later gets the posts from then on, as before: a job
+                // never goes to members who joined after it was made.
+                self.store.apply(vec![Write::DigestTaken(keys)])?;
+                continue;
+            }
             let counter = format!("digest:{}", list_id.0);
             let number = self.store.counter(&counter)? + 1;
             self.store.set_counter(&counter, number)?;

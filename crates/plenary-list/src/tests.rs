@@ -417,3 +417,62 @@ async fn confirmation_tokens_expire() {
     );
     assert!(e.store().member(list.id, &who).expect("read").is_some());
 }
+
+/// Posts wait for a digest only while somebody takes digests: on a list whose members all
+/// take each message, the due posts leave the queue without a digest job, and once a member
+/// switches to digests the next posts make one.
+#[tokio::test]
+async fn no_digest_job_while_nobody_takes_digests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let mut settings = e
+        .store()
+        .list("gov@lists.example.org")
+        .expect("read")
+        .expect("list")
+        .settings;
+    settings.set("posting", "open").expect("valid");
+    let list = e
+        .store()
+        .set_list_settings("gov@lists.example.org", settings)
+        .expect("settings");
+    let ana = MemberAddress::parse("ana@example.net").expect("valid");
+    e.add_members(
+        "gov@lists.example.org",
+        vec![(ana, String::new(), Delivery::Each)],
+        false,
+    )
+    .expect("add");
+    let post = |i: u32| {
+        let raw = format!("From: x@example.org\r\nSubject: S{i}\r\nMessage-ID: <n{i}@x>\r\n\r\nBody\r\n").into_bytes();
+        let meta = MessageMeta::extract(
+            &raw,
+            Fallback {
+                envelope_date: None,
+                received_at: now(),
+            },
+        );
+        let mut req = IngestRequest::post(list.id, raw, meta, plenary_core::Origin::Smtp, now());
+        req.handling = plenary_store::PostHandling::ByPolicy;
+        req
+    };
+    let digests = |e: &Engine| {
+        e.store()
+            .jobs()
+            .expect("jobs")
+            .into_iter()
+            .filter(|j| matches!(j.what, JobKind::Digest { .. }))
+            .count()
+    };
+    e.store().ingest(post(1)).await.expect("ingest");
+    assert_eq!(e.store().digest_pending().expect("pending").len(), 1);
+    assert_eq!(e.make_digests(Some(list.id)).expect("digests"), 0);
+    assert!(e.store().digest_pending().expect("pending").is_empty());
+    assert_eq!(digests(&e), 0);
+    e.set_member_option("gov@lists.example.org", "ana@example.net", "delivery", "digest")
+        .expect("option");
+    e.store().ingest(post(2)).await.expect("ingest");
+    assert_eq!(e.make_digests(Some(list.id)).expect("digests"), 1);
+    assert!(e.store().digest_pending().expect("pending").is_empty());
+    assert_eq!(digests(&e), 1);
+}

@@ -432,8 +432,8 @@ impl<'a> Session<'a> {
         }
         let found = ListAddress::parse(&format!("{base}@{domain}"))
             .ok()
-            .and_then(|a| self.ctx.store.list(a.as_str()).ok().flatten());
-        let target = found.and_then(|list| list.address.classify(&lower).map(|kind| (list.id, kind)));
+            .and_then(|a| self.ctx.store.list_ident(a.as_str()).ok().flatten());
+        let target = found.and_then(|(id, address)| address.classify(&lower).map(|kind| (id, kind)));
         match target {
             Some((list, kind)) => {
                 let t = IngestTarget { list, kind };
@@ -684,30 +684,42 @@ fn sanitize_helo(h: &str) -> String {
 }
 
 /// Our own X-Loop/List-Id, or too many hops: refuse (SECURITY.md S-14).
+///
+/// Works on the header's bytes: it runs for every message, and only the X-Loop and List-Id
+/// lines need a closer look (an earlier version lower-cased a lossy copy of the whole header
+/// and formatted the List-Id needle once per header line).
 fn loop_check(raw: &[u8], max_received: usize, targets: &[(IngestTarget, String)]) -> Option<Reply> {
     let end = memchr::memmem::find(raw, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(raw.len());
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let posts: Vec<(&str, String)> = targets
+        .iter()
+        .filter(|(t, _)| t.kind == RecipientKind::Post)
+        .map(|(_, addr)| (addr.as_str(), format!("<{}>", addr.replacen('@', ".", 1))))
+        .collect();
+    let field = |line: &[u8], name: &[u8]| -> bool {
+        line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name)
+    };
     let mut received = 0usize;
-    for line in head.split("\r\n") {
-        if line.starts_with("received:") {
+    let mut start = 0usize;
+    while start <= end {
+        let stop = memchr::memmem::find(&raw[start..end], b"\r\n").map_or(end, |i| start + i);
+        let line = &raw[start..stop];
+        start = stop + 2;
+        if field(line, b"received:") {
             received += 1;
-        }
-        for (t, addr) in targets {
-            if t.kind != RecipientKind::Post {
-                continue;
+        } else if field(line, b"x-loop:") {
+            let v = line[b"x-loop:".len()..].trim_ascii();
+            if posts.iter().any(|(addr, _)| v.eq_ignore_ascii_case(addr.as_bytes())) {
+                return Some(Reply::new(554, "5.4.6 Mail loop detected (X-Loop)"));
             }
-            if let Some(v) = line.strip_prefix("x-loop:") {
-                if v.trim() == addr {
-                    return Some(Reply::new(554, "5.4.6 Mail loop detected (X-Loop)"));
-                }
-            }
-            if let Some(v) = line.strip_prefix("list-id:") {
-                let id = addr.replacen('@', ".", 1);
-                if v.contains(&format!("<{id}>")) {
-                    return Some(Reply::new(554, "5.4.6 Mail loop detected (our own List-Id)"));
-                }
+        } else if field(line, b"list-id:") {
+            let v = line[b"list-id:".len()..].to_ascii_lowercase();
+            if posts
+                .iter()
+                .any(|(_, id)| memchr::memmem::find(&v, id.as_bytes()).is_some())
+            {
+                return Some(Reply::new(554, "5.4.6 Mail loop detected (our own List-Id)"));
             }
         }
     }
@@ -733,7 +745,53 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::envelope_comment;
+    use super::{envelope_comment, loop_check};
+    use plenary_core::{ListId, RecipientKind};
+    use plenary_store::IngestTarget;
+
+    /// Header names in any case; only our own address and List-Id count; the value of a
+    /// header that is not one of the three, and anything in the body, is never looked at.
+    #[test]
+    fn loops_are_found_in_the_header_only_and_in_any_case() {
+        let post = |kind| {
+            vec![(
+                IngestTarget { list: ListId(1), kind },
+                "gov@lists.example.org".to_string(),
+            )]
+        };
+        let t = post(RecipientKind::Post);
+        let check = |m: &str, t: &[(IngestTarget, String)]| {
+            loop_check(m.as_bytes(), 3, t).map(|r| String::from_utf8_lossy(&r.to_wire()).into_owned())
+        };
+        assert!(check("x-LOOP:  GOV@Lists.Example.org \r\n\r\nhi\r\n", &t).is_some());
+        assert!(check("LIST-ID: Gov <GOV.lists.example.org>\r\n\r\nhi\r\n", &t).is_some());
+        assert!(check(
+            "List-Id: Other <other.lists.example.org>\r\nX-Loop: other@x\r\n\r\nhi\r\n",
+            &t
+        )
+        .is_none());
+        assert!(check(
+            "Subject: X-Loop: gov@lists.example.org\r\n\r\nX-Loop: gov@lists.example.org\r\n",
+            &t
+        )
+        .is_none());
+        assert!(
+            check(
+                "X-Loop: gov@lists.example.org\r\n\r\nhi\r\n",
+                &post(RecipientKind::Request)
+            )
+            .is_none(),
+            "command mail may carry the list's own X-Loop"
+        );
+        let hops = |n: usize| format!("{}\r\nbody\r\n", "RECEIVED: from a by b\r\n".repeat(n));
+        assert!(check(&hops(3), &t).is_none());
+        assert!(check(&hops(4), &t).is_some_and(|r| r.contains("Too many hops (4")));
+        assert!(check("", &t).is_none());
+        assert!(
+            check("X-Loop: gov@lists.example.org", &t).is_some(),
+            "a header without a body"
+        );
+    }
 
     #[test]
     fn envelope_sender_is_recorded_only_when_it_cannot_break_the_comment() {

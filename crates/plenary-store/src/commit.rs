@@ -495,6 +495,8 @@ fn commit_batch(
         Batch::default(),
     );
     let mut month_delta: HashMap<[u8; 8], u64> = HashMap::new();
+    // Keys for the search index: one queue entry for the whole batch (`indexq.rs`).
+    let mut to_index: Vec<MessageKey> = Vec::new();
     let mut thread_log = crate::threadlog::Pending::default();
     let mut seen: HashMap<(ListId, String), MessageKey> = HashMap::new();
     let mut all = Vec::with_capacity(jobs.len());
@@ -625,7 +627,7 @@ fn commit_batch(
                         *month_delta
                             .entry(keys::month(target.list, dt.year(), dt.month()))
                             .or_default() += 1;
-                        index_q.insert(&key.to_bytes(), &[0u8]);
+                        to_index.push(key);
                         queued_for_index = true;
                     }
                     if distribute {
@@ -697,6 +699,12 @@ fn commit_batch(
         months.insert(&k, &(cur + delta).to_be_bytes());
     }
     let thread_log = thread_log.into_batch(&t.thread_log)?;
+    if !to_index.is_empty() {
+        index_q.insert(
+            &ctx.db.generate_id()?.to_be_bytes(),
+            crate::indexq::encode(false, &to_index),
+        );
+    }
 
     // The bytes first, durably: no record may point at bytes a crash could lose. The new
     // end of the spool goes into the same transaction as the records (checked at open).

@@ -198,6 +198,18 @@ impl Store {
     }
 
     /// Members of a list in address order, after `cursor` (exclusive), at most `limit`.
+    /// Whether any member of `list` takes digests now.
+    pub fn has_digest_member(&self, list: ListId) -> Result<bool, StoreError> {
+        for kv in self.trees().members.scan_prefix(list.0.to_be_bytes()) {
+            let (k, v) = kv?;
+            let m: Member = serde_json::from_slice(&v).map_err(|e| corrupt(format!("member {k:?}"), e))?;
+            if m.gets_digest() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn members_after(&self, list: ListId, cursor: Option<&str>, limit: usize) -> Result<Vec<Member>, StoreError> {
         let prefix = list.0.to_be_bytes();
         let start = match cursor {

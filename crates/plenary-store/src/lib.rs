@@ -22,6 +22,7 @@
 
 mod commit;
 mod engine;
+mod indexq;
 mod keys;
 mod migrate;
 mod read;
@@ -194,6 +195,9 @@ struct Inner {
     /// When the rate-limit tree was last swept of expired keys (unix seconds).
     rate_swept: std::sync::atomic::AtomicI64,
     commit_stats: Arc<commit::CommitStats>,
+    /// Id and address of lists by address, for [`Store::list_ident`]: a list's id and
+    /// address never change and lists are never removed, so an entry never goes stale.
+    idents: std::sync::RwLock<std::collections::HashMap<String, (plenary_core::ListId, plenary_core::ListAddress)>>,
 }
 
 /// A handle on the store; clone it freely.
@@ -273,6 +277,14 @@ impl Store {
             }
         }
         threadlog::backfill(&db, &trees)?;
+        let converted = indexq::convert_legacy(&db, &trees.index_queue, &trees.meta)?;
+        if converted > 0 {
+            commit::make_durable(&db, &db_file, &settings)?;
+            tracing::info!(
+                entries = converted,
+                "index queue converted to one entry per group commit"
+            );
+        }
         let failed = Arc::new(AtomicBool::new(false));
         let index_notify = Arc::new(tokio::sync::Notify::new());
         let work_notify = Arc::new(tokio::sync::Notify::new());
@@ -304,6 +316,7 @@ impl Store {
                 work_notify,
                 rate_swept: std::sync::atomic::AtomicI64::new(0),
                 commit_stats,
+                idents: Default::default(),
             }),
         })
     }

@@ -57,6 +57,24 @@ impl Store {
         }
     }
 
+    /// Id and address of the list with this (already normalised) address: what the SMTP
+    /// session needs for each RCPT, without decoding the whole record every time (both
+    /// never change, so they are remembered once found).
+    pub fn list_ident(&self, address: &str) -> Result<Option<(ListId, ListAddress)>, StoreError> {
+        let address = address.to_ascii_lowercase();
+        if let Some(hit) = self.inner.idents.read().ok().and_then(|m| m.get(&address).cloned()) {
+            return Ok(Some(hit));
+        }
+        let Some(rec) = self.list(&address)? else {
+            return Ok(None);
+        };
+        let ident = (rec.id, rec.address);
+        if let Ok(mut m) = self.inner.idents.write() {
+            m.insert(address, ident.clone());
+        }
+        Ok(Some(ident))
+    }
+
     pub fn list_by_id(&self, id: ListId) -> Result<Option<ListRecord>, StoreError> {
         match self.trees().list_ids.get(id.0.to_be_bytes())? {
             Some(addr) => self.list(&String::from_utf8_lossy(&addr)),
@@ -236,109 +254,6 @@ impl Store {
         self.trees().inbox.len()
     }
 
-    // ---- search index queue -------------------------------------------------------------
-
-    /// Up to `limit` messages waiting for the search index, with how often indexing was tried.
-    pub fn index_pending(&self, limit: usize) -> Result<Vec<(MessageKey, u8)>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.trees().index_queue.iter().take(limit) {
-            let (k, v) = kv?;
-            if let Some(key) = MessageKey::from_bytes(&k) {
-                out.push((key, v.first().copied().unwrap_or(0)));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Number of messages waiting for the search index.
-    pub fn index_pending_len(&self) -> usize {
-        self.trees().index_queue.len()
-    }
-
-    /// Record (durably) that these keys are in a batch being indexed: a key still queued
-    /// after a restart is then a suspect (counter at least 1), handled alone. Being in an
-    /// unfinished batch again does not raise the counter further; only
-    /// [`Store::index_crashed`] does.
-    pub fn index_attempt(&self, keys_: &[MessageKey]) -> Result<(), StoreError> {
-        let q = &self.trees().index_queue;
-        for k in keys_ {
-            let kb = k.to_bytes();
-            if let Some(v) = q.get(kb)? {
-                if v.first().copied().unwrap_or(0) == 0 {
-                    q.insert(kb, &[1u8])?;
-                }
-            }
-        }
-        self.sync()
-    }
-
-    /// Mark (durably) that the indexer is parsing `key` on its own, or clear the mark. A
-    /// mark still there at start-up names the message the process died on.
-    pub fn index_parsing(&self, key: Option<MessageKey>) -> Result<(), StoreError> {
-        match key {
-            Some(k) => self.trees().meta.insert(PARSING, &k.to_bytes())?,
-            None => self.trees().meta.remove(PARSING)?,
-        };
-        self.sync()
-    }
-
-    /// The message the indexer was parsing alone when the process last died, if any.
-    pub fn index_parsing_mark(&self) -> Result<Option<MessageKey>, StoreError> {
-        Ok(self.trees().meta.get(PARSING)?.and_then(|v| MessageKey::from_bytes(&v)))
-    }
-
-    /// Count a crash while parsing `key` alone (durably); returns its new counter, which is
-    /// at least 2 (1 means only "was in a batch that did not finish").
-    pub fn index_crashed(&self, key: MessageKey) -> Result<u8, StoreError> {
-        let q = &self.trees().index_queue;
-        let kb = key.to_bytes();
-        let mut n = 0;
-        if let Some(v) = q.get(kb)? {
-            n = v.first().copied().unwrap_or(0).max(1).saturating_add(1);
-            q.insert(kb, &[n])?;
-        }
-        self.sync()?;
-        Ok(n)
-    }
-
-    /// Remove keys from the index queue after the index committed them.
-    pub fn index_done(&self, keys_: &[MessageKey]) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for k in keys_ {
-            b.remove(&k.to_bytes());
-        }
-        self.trees().index_queue.apply_batch(b)?;
-        Ok(())
-    }
-
-    /// Put every archived message back on the index queue. With `clear_quarantine` (an
-    /// explicit `plenary index rebuild`) quarantined messages are tried again too; otherwise
-    /// they stay out.
-    pub fn index_requeue_all(&self, clear_quarantine: bool) -> Result<u64, StoreError> {
-        let quarantined: std::collections::HashSet<MessageKey> = self.index_quarantined()?.into_iter().collect();
-        if clear_quarantine {
-            let mut q = sled::Batch::default();
-            for k in &quarantined {
-                q.remove(quarantine_key(*k));
-            }
-            self.trees().meta.apply_batch(q)?;
-        }
-        let mut n = 0u64;
-        let mut b = sled::Batch::default();
-        for m in self.all_messages() {
-            let m = m?;
-            if m.meta.no_archive || (!clear_quarantine && quarantined.contains(&m.key)) {
-                continue;
-            }
-            b.insert(&m.key.to_bytes(), &[0u8]);
-            n += 1;
-        }
-        self.trees().index_queue.apply_batch(b)?;
-        self.sync()?;
-        self.index_notify().notify_one();
-        Ok(n)
-    }
-
     /// Total archived messages in every list.
     pub fn archived_total(&self) -> Result<u64, StoreError> {
         let mut n = 0;
@@ -348,33 +263,4 @@ impl Store {
         }
         Ok(n)
     }
-}
-
-impl Store {
-    /// Give up on indexing a message that crashed the indexer: drop it from the queue and
-    /// remember it, so a restart does not crash again (it stays stored and readable).
-    pub fn index_quarantine(&self, key: MessageKey) -> Result<(), StoreError> {
-        self.trees().meta.insert(quarantine_key(key), &[1u8])?;
-        self.trees().index_queue.remove(key.to_bytes())?;
-        self.sync()
-    }
-
-    /// Messages kept out of the search index because they crashed the indexer.
-    pub fn index_quarantined(&self) -> Result<Vec<MessageKey>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.trees().meta.scan_prefix(QUARANTINE) {
-            let (k, _) = kv?;
-            out.extend(MessageKey::from_bytes(&k[QUARANTINE.len()..]));
-        }
-        Ok(out)
-    }
-}
-
-const QUARANTINE: &[u8] = b"index_quarantine/";
-const PARSING: &[u8] = b"index_parsing";
-
-fn quarantine_key(key: MessageKey) -> Vec<u8> {
-    let mut k = QUARANTINE.to_vec();
-    k.extend_from_slice(&key.to_bytes());
-    k
 }

@@ -575,3 +575,24 @@ async fn updating_a_held_post_that_was_discarded_meanwhile_does_not_bring_it_bac
     store.apply(vec![Write::PutHeld(h)]).expect("late update");
     assert!(store.held_post(id).expect("read").is_none());
 }
+
+/// `list_ident` finds a list by its address in any case, forgets nothing, and finds a list
+/// created after an earlier miss (misses are not remembered).
+#[test]
+fn list_ident_is_remembered_only_once_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    assert_eq!(store.list_ident("gov@x.org").expect("ident"), None);
+    let addr = ListAddress::parse("gov@x.org").expect("addr");
+    let list = store.create_list(&addr, "G", "").expect("create");
+    for _ in 0..2 {
+        assert_eq!(
+            store.list_ident("GOV@x.org").expect("ident"),
+            Some((list.id, addr.clone()))
+        );
+    }
+    let mut settings = list.settings.clone();
+    settings.digest_size = 7;
+    store.set_list_settings("gov@x.org", settings).expect("settings");
+    assert_eq!(store.list_ident("gov@x.org").expect("ident"), Some((list.id, addr)));
+}

@@ -320,7 +320,7 @@ pub async fn execute(
             Ok(if n > 0 {
                 "digest queued".into()
             } else {
-                "no posts wait for a digest".into()
+                "no digest queued: no posts wait for one, or no member takes digests".into()
             })
         }
         Request::Queue => {
