@@ -67,6 +67,11 @@ impl MessageMeta {
             .chain(self.references.iter().rev())
             .map(String::as_str)
     }
+
+    /// The message this one answers: the first In-Reply-To, else the last References.
+    pub fn parent(&self) -> Option<&str> {
+        self.in_reply_to.first().or(self.references.last()).map(String::as_str)
+    }
 }
 
 /// The reason recorded when the MIME parser itself failed on a message.

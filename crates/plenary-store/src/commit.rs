@@ -617,10 +617,10 @@ fn commit_batch(
                     }
                     if !req.meta.no_archive {
                         by_date.insert(&keys::by_date(key, req.meta.date), &[]);
-                        let mut parents: Vec<&str> = req.meta.parents().collect();
-                        parents.sort_unstable();
-                        parents.dedup();
-                        for p in parents {
+                        // Only the direct parent: the "replies" of a page are the messages
+                        // that answer it (an entry per ancestor in References cost two more
+                        // writes per message on average, for links nothing read).
+                        if let Some(p) = req.meta.parent() {
                             children.insert(keys::children(target.list, p, key.seq), &[]);
                         }
                         let dt = chrono::DateTime::from_timestamp(req.meta.date, 0).unwrap_or_default();

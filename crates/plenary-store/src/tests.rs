@@ -63,22 +63,33 @@ async fn ingest_dedupes_and_survives_reopen() {
             .ingest(req(list.id, reply.as_bytes(), RecipientKind::Post))
             .await
             .expect("ingest");
+        let deeper =
+            "Message-ID: <m3@x>\r\nReferences: <m1@x> <m2@x>\r\nDate: Wed, 2 Jul 2025 11:00:00 +0000\r\n\r\nre re\r\n";
+        store
+            .ingest(req(list.id, deeper.as_bytes(), RecipientKind::Post))
+            .await
+            .expect("ingest");
     }
     let store = Store::open(settings(dir.path())).expect("reopen");
     let m = store.message(key).expect("read").expect("present");
     assert_eq!(m.raw.len as usize, raw.len(), "the whole message is one spool record");
     assert_eq!(store.raw(&m).expect("raw"), raw.as_bytes());
     assert_eq!(store.find(key.list, "m1@x").expect("find"), Some(key));
-    assert_eq!(store.children(key.list, "m1@x").expect("children").len(), 1);
+    assert_eq!(
+        store.children(key.list, "m1@x").expect("children").len(),
+        1,
+        "a reply to a reply is linked to its direct parent only"
+    );
+    assert_eq!(store.children(key.list, "m2@x").expect("children").len(), 1);
     let months = store.months(key.list).expect("months");
-    assert_eq!((months[0].year, months[0].month, months[0].count), (2025, 7, 2));
-    assert_eq!(store.recent(key.list, 10).expect("recent").len(), 2);
-    assert_eq!(store.index_pending_len(), 2);
+    assert_eq!((months[0].year, months[0].month, months[0].count), (2025, 7, 3));
+    assert_eq!(store.recent(key.list, 10).expect("recent").len(), 3);
+    assert_eq!(store.index_pending_len(), 3);
     assert_eq!(store.inbox_len(), 1);
     let july = store
         .between(key.list, 1_751_328_000, 1_754_006_400, 100)
         .expect("between");
-    assert_eq!(july.len(), 2);
+    assert_eq!(july.len(), 3);
 }
 
 #[tokio::test]

@@ -574,13 +574,8 @@ pub async fn message(
     let mut replies = Vec::new();
     for k in st.store.children(list.id, msg.message_id())?.into_iter().take(200) {
         if let Some(m) = st.store.message(k)? {
-            if m.meta
-                .in_reply_to
-                .first()
-                .or(m.meta.references.last())
-                .map(String::as_str)
-                == Some(msg.message_id())
-            {
+            // Entries written before only the direct parent was linked name ancestors too.
+            if m.meta.parent() == Some(msg.message_id()) {
                 if let Some(s) = plenary_redact::summarize(m.key, &m.meta, &policy) {
                     replies.push(summary_view(&list, &s));
                 }
