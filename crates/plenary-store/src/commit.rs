@@ -495,6 +495,9 @@ fn commit_batch(
         Batch::default(),
     );
     let mut month_delta: HashMap<[u8; 8], u64> = HashMap::new();
+    // Posts waiting for a digest: one entry per list for the whole batch (see
+    // `Store::digest_pending`).
+    let mut digest_items: std::collections::BTreeMap<ListId, Vec<(u64, i64)>> = Default::default();
     // Keys for the search index: one queue entry for the whole batch (`indexq.rs`).
     let mut to_index: Vec<MessageKey> = Vec::new();
     let mut thread_log = crate::threadlog::Pending::default();
@@ -670,7 +673,10 @@ fn commit_batch(
                             fanout.insert(&id.to_be_bytes(), json(&job));
                             queued_work = true;
                         }
-                        digest.insert(&key.to_bytes(), &req.received_at.to_be_bytes());
+                        digest_items
+                            .entry(target.list)
+                            .or_default()
+                            .push((key.seq, req.received_at));
                     }
                     outcomes.push(TargetOutcome::Archived(key));
                 }
@@ -699,6 +705,23 @@ fn commit_batch(
         months.insert(&k, &(cur + delta).to_be_bytes());
     }
     let thread_log = thread_log.into_batch(&t.thread_log)?;
+    for (list, items) in &digest_items {
+        if let Some((first, _)) = items.first() {
+            let mut v = Vec::with_capacity(16 * items.len());
+            for (seq, at) in items {
+                v.extend_from_slice(&seq.to_be_bytes());
+                v.extend_from_slice(&at.to_be_bytes());
+            }
+            digest.insert(
+                &MessageKey {
+                    list: *list,
+                    seq: *first,
+                }
+                .to_bytes(),
+                v,
+            );
+        }
+    }
     if !to_index.is_empty() {
         index_q.insert(
             &ctx.db.generate_id()?.to_be_bytes(),

@@ -35,7 +35,8 @@ pub enum Write {
     InboxDone(u64, bool),
     /// Free a stored message's bytes (after a forward job ends).
     RemoveBlob(BlobRef),
-    /// These posts went into a digest.
+    /// These posts went into a digest: removes the digest entries they start (give every
+    /// post of the entries taken; see [`Store::digest_pending`]).
     DigestTaken(Vec<MessageKey>),
     PutList(ListRecord),
 }
@@ -400,12 +401,30 @@ impl Store {
     }
 
     /// Posts waiting for a digest, per list: (key, received_at), oldest first.
+    ///
+    /// The committer writes one entry per list and group commit, under the key of its first
+    /// post, holding (seq, received_at) pairs of 16 bytes; stores from before hold one post
+    /// per entry, under its own key, with an 8-byte received_at. Both read the same.
+    /// Entries are taken whole: [`Write::DigestTaken`] with every post of a list's entries
+    /// removes them (a post's key that is not the first of its entry is simply not found).
     pub fn digest_pending(&self) -> Result<Vec<(MessageKey, i64)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.trees().digest.iter() {
             let (k, v) = kv?;
-            if let (Some(key), Some(at)) = (MessageKey::from_bytes(&k), keys::be_u64(&v)) {
-                out.push((key, at as i64));
+            let Some(first) = MessageKey::from_bytes(&k) else {
+                continue;
+            };
+            if v.len() == 8 {
+                out.extend(keys::be_u64(&v).map(|at| (first, at as i64)));
+                continue;
+            }
+            if v.len() % 16 != 0 {
+                return Err(corrupt(format!("digest entry {first}"), "not (seq, time) pairs"));
+            }
+            for pair in v.chunks_exact(16) {
+                if let (Some(seq), Some(at)) = (keys::be_u64(&pair[..8]), keys::be_u64(&pair[8..])) {
+                    out.push((MessageKey { list: first.list, seq }, at as i64));
+                }
             }
         }
         Ok(out)

@@ -607,3 +607,56 @@ fn list_ident_is_remembered_only_once_found() {
     store.set_list_settings("gov@x.org", settings).expect("settings");
     assert_eq!(store.list_ident("gov@x.org").expect("ident"), Some((list.id, addr)));
 }
+
+/// Posts waiting for a digest: one entry per list and group commit, read back post by post
+/// beside an entry of the old one-post layout, and taken whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn digest_entries_hold_a_group_commit_and_are_taken_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = new_list(&store, "d@x.org");
+    // An entry as stores before group entries wrote it: the post's key, its time.
+    let old = MessageKey {
+        list: list.id,
+        seq: 1_000_000,
+    };
+    store
+        .trees()
+        .digest
+        .insert(old.to_bytes(), &7i64.to_be_bytes())
+        .expect("insert");
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        let mut r = req(
+            list.id,
+            format!("From: a@b.org\r\nMessage-ID: <g{i}@x>\r\n\r\nbody\r\n").as_bytes(),
+            RecipientKind::Post,
+        );
+        r.handling = PostHandling::Approved;
+        tasks.push(tokio::spawn(async move { store.ingest(r).await }));
+    }
+    let mut keys = Vec::new();
+    for t in tasks {
+        let out = t.await.expect("task").expect("ingest");
+        let TargetOutcome::Archived(k) = out[0] else {
+            panic!("expected archived, got {out:?}")
+        };
+        keys.push(k);
+    }
+    let pending = store.digest_pending().expect("pending");
+    assert_eq!(pending.len(), 41, "every post once, and the old entry");
+    assert!(pending.contains(&(old, 7)));
+    for k in &keys {
+        assert!(pending.iter().any(|(p, at)| p == k && *at == 1_800_000_000), "{k}");
+    }
+    assert!(
+        store.trees().digest.len() < 41,
+        "concurrent posts share entries ({} entries)",
+        store.trees().digest.len()
+    );
+    store
+        .apply(vec![Write::DigestTaken(pending.iter().map(|(k, _)| *k).collect())])
+        .expect("taken");
+    assert!(store.digest_pending().expect("pending").is_empty());
+}
