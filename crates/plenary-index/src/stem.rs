@@ -120,8 +120,7 @@ impl<T: TokenStream> TokenStream for CachedStemmerTokenStream<'_, T> {
         }
         let token = self.tail.token_mut();
         let word = Word::new(&token.text);
-        if let Some(stem) = word.as_ref().and_then(|w| self.cache.get(w).map(|s| (w, s))) {
-            let (w, stem) = stem;
+        if let Some((w, stem)) = word.as_ref().and_then(|w| self.cache.get(w).map(|s| (w, s))) {
             if stem == w {
                 return true;
             }

@@ -254,6 +254,14 @@ fn refuse(jobs: Vec<Job>, e: &StoreError) {
     }
 }
 
+/// The committer cannot work: mark the store failed and answer every job that comes (451).
+fn refuse_all(failed: &AtomicBool, mut rx: mpsc::Receiver<Job>) {
+    failed.store(true, Ordering::SeqCst);
+    while let Some(job) = rx.blocking_recv() {
+        refuse(vec![job], &StoreError::Failed);
+    }
+}
+
 /// The committer works in two stages on two threads, so that one batch's wait for the disk
 /// overlaps the next batch's work. Stage one (this thread) gathers a batch, writes and
 /// `fdatasync`s its bytes in the spool and applies its records to sled. Stage two (the
@@ -270,11 +278,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
             Some(f) => f,
             None => {
                 tracing::error!("the committer has no database file to sync; store is now failed");
-                ctx.failed.store(true, Ordering::SeqCst);
-                while let Some(job) = rx.blocking_recv() {
-                    refuse(vec![job], &StoreError::Failed);
-                }
-                return;
+                return refuse_all(&ctx.failed, rx);
             }
         },
         settings: ctx.settings.clone(),
@@ -291,11 +295,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the syncer thread; store is now failed");
-            ctx.failed.store(true, Ordering::SeqCst);
-            while let Some(job) = rx.blocking_recv() {
-                refuse(vec![job], &StoreError::Failed);
-            }
-            return;
+            return refuse_all(&ctx.failed, rx);
         }
     };
     let mut counters = Counters::default();
