@@ -606,3 +606,66 @@ fn serve_demo_runs_on_the_embedded_defaults() {
     assert!(page.contains("My first post."));
     drop(child);
 }
+
+/// Nice value of each thread of a process, by thread name (from /proc; Linux only).
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's /proc entry");
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let nice = stat[close + 2..]
+            .split_ascii_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse().ok());
+        if let Some(nice) = nice {
+            out.push((name, nice));
+        }
+    }
+    out
+}
+
+#[test]
+fn search_indexing_runs_below_the_smtp_sessions_priority() {
+    if !cfg!(target_os = "linux") {
+        eprintln!("skipped: reads thread priorities from /proc");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = daemon(dir.path());
+    let msg = Message::builder()
+        .from("Ada <ada@example.org>".parse().expect("from"))
+        .to(LIST.parse().expect("to"))
+        .subject("priority check")
+        .body("indexed by a lowered thread, numbat".to_string())
+        .expect("message");
+    lettre(&d).send(&msg).expect("sent");
+    assert_eq!(d.wait_search("numbat", 1)["total"], 1);
+    // The index writer stays up for a few seconds after its last commit, so tantivy's
+    // indexing thread is there to be checked too.
+    let threads = thread_nice(d.pid());
+    let nice_of = |prefix: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let main = threads
+        .iter()
+        .find(|(n, _)| n == "plenary")
+        .map(|(_, v)| *v)
+        .expect("the main thread");
+    let lowered = (main + 10).min(19);
+    assert_eq!(nice_of("plenary-index"), vec![lowered], "{threads:?}");
+    let tantivy = nice_of("thrd-tantivy");
+    assert!(!tantivy.is_empty(), "tantivy's indexing thread is up: {threads:?}");
+    assert!(tantivy.iter().all(|v| *v == lowered), "{threads:?}");
+    let workers = nice_of("tokio-rt-worker");
+    assert!(!workers.is_empty() && workers.iter().all(|v| *v == main), "{threads:?}");
+}

@@ -7,6 +7,7 @@ mod admin;
 mod config;
 mod demo;
 mod import;
+mod nice;
 mod serve;
 mod trim;
 

@@ -258,7 +258,12 @@ impl IndexerThread {
             std::thread::Builder::new()
                 .name("plenary-index".into())
                 .stack_size(64 * 1024 * 1024)
-                .spawn(move || indexer.run(stop, wake))
+                .spawn(move || {
+                    if !crate::nice::lower_this_thread(crate::nice::INDEXER_NICE) {
+                        tracing::debug!("the indexer runs at the daemon's priority");
+                    }
+                    indexer.run(stop, wake)
+                })
                 .context("cannot start the indexer thread")?
         };
         Ok(IndexerThread {

@@ -16,7 +16,7 @@
 //! [`limit_arenas`] caps glibc's arenas at start-up for the same reason: freed memory stays
 //! in the arena it was freed in.
 //!
-//! These two glibc calls are the only uses of `unsafe` in the workspace (ARCHITECTURE.md,
+//! These two glibc calls and `nice.rs`'s are the only uses of `unsafe` in the workspace (ARCHITECTURE.md,
 //! "Memory").
 
 use std::time::Duration;
