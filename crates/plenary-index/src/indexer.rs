@@ -236,6 +236,11 @@ impl Indexer {
     /// Needs no async runtime: it may outlive one (a daemon that fails to start after
     /// spawning it stops it from a destructor).
     pub fn run(mut self, stop: Arc<AtomicBool>, wake: Arc<tokio::sync::Notify>) {
+        // A writer made before this thread ran (the start-up check, a rebuild's clear) was
+        // made on another thread, and so were tantivy's indexing, segment-updater and merge
+        // threads. Drop it: the next one is made here, and its threads inherit this thread's
+        // scheduling priority (the daemon lowers it; ARCHITECTURE.md, "The indexer").
+        self.release_writer();
         let mut last_error: Option<Instant> = None;
         let mut last_work = Instant::now();
         let mut gather = Gather::default();
@@ -276,7 +281,12 @@ impl Indexer {
                         tracing::error!(error = %e, "indexing failed; will retry");
                     }
                     last_error = Some(Instant::now());
-                    wait(Duration::from_secs(1));
+                    // A full second, whatever wakes arrive meanwhile: a failing step must
+                    // not be retried back to back while mail keeps coming.
+                    let until = Instant::now() + Duration::from_secs(1);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+                    }
                 }
             }
         }
