@@ -239,7 +239,7 @@ impl Indexer {
         // A writer made before this thread ran (the start-up check, a rebuild's clear) was
         // made on another thread, and so were tantivy's indexing, segment-updater and merge
         // threads. Drop it: the next one is made here, and its threads inherit this thread's
-        // scheduling priority (the daemon lowers it; ARCHITECTURE.md, "The indexer").
+        // scheduling priority (the daemon lowers it; ARCHITECTURE.md, "The indexer and crash loops").
         self.release_writer();
         let mut last_error: Option<Instant> = None;
         let mut last_work = Instant::now();
