@@ -255,10 +255,7 @@ impl Indexer {
                 wait(Duration::from_millis(500));
                 continue;
             }
-            let gather_until = gather.until(Instant::now(), self.settings.commit_delay);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < gather_until {
-                std::thread::sleep((gather_until - Instant::now()).min(Duration::from_millis(50)));
-            }
+            sleep_until(&stop, gather.until(Instant::now(), self.settings.commit_delay));
             last_work = Instant::now();
             gather.step_started(last_work);
             // A panic in a step (a parser bug) must not end indexing: the attempt counters
@@ -283,10 +280,7 @@ impl Indexer {
                     last_error = Some(Instant::now());
                     // A full second, whatever wakes arrive meanwhile: a failing step must
                     // not be retried back to back while mail keeps coming.
-                    let until = Instant::now() + Duration::from_secs(1);
-                    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-                        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
-                    }
+                    sleep_until(&stop, Instant::now() + Duration::from_secs(1));
                 }
             }
         }
@@ -301,6 +295,13 @@ impl Indexer {
 
 /// How long the indexer keeps its writer without work.
 const IDLE_DROP: Duration = Duration::from_secs(5);
+
+/// Sleep until `until`, in short naps that check `stop`, so shutdown never waits long.
+fn sleep_until(stop: &AtomicBool, until: Instant) {
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+    }
+}
 
 /// When the indexer's next step may start: once the oldest message waiting has waited
 /// `commit_delay`.
