@@ -1379,7 +1379,8 @@ impl PageCache {
                     // PLENARY PATCH: the cleaner read this page from disk only to move
                     // it; do not leave it in the cache. The LRU only processes accesses
                     // in batches of 64 per shard, so otherwise a cleaning pass over
-                    // thousands of pages stays resident for the life of the process.
+                    // thousands of pages stays resident until later traffic fills those
+                    // shards' queues: in an idle process, for good.
                     if !was_resident && pid != META_PID && pid != COUNTER_PID {
                         self.page_out(vec![pid], guard)?;
                     }
