@@ -24,6 +24,16 @@ fn thread_rchar() -> u64 {
         .unwrap_or_else(|| panic!("no rchar in {io}"))
 }
 
+/// Read every kept key, checking its value; returns the bytes this thread read meanwhile.
+fn read_kept(db: &sled::Db, value: &[u8]) -> u64 {
+    let before = thread_rchar();
+    for i in (0..KEYS).filter(|&i| kept(i)) {
+        let v = db.get(i.to_be_bytes()).unwrap_or_else(|e| panic!("get: {e}"));
+        assert_eq!(v.as_deref(), Some(value), "key {i}");
+    }
+    thread_rchar() - before
+}
+
 fn open(dir: &std::path::Path) -> sled::Db {
     sled::Config::new()
         .path(dir)
@@ -83,12 +93,7 @@ fn pages_the_segment_cleaner_moves_are_not_kept_in_the_cache() {
     );
 
     let kept_bytes: u64 = (0..KEYS).filter(|&i| kept(i)).count() as u64 * value.len() as u64;
-    let r0 = thread_rchar();
-    for i in (0..KEYS).filter(|&i| kept(i)) {
-        let v = db.get(i.to_be_bytes()).unwrap_or_else(|e| panic!("get: {e}"));
-        assert_eq!(v.as_deref(), Some(value.as_slice()), "key {i}");
-    }
-    let read = thread_rchar() - r0;
+    let read = read_kept(&db, &value);
     // With the cleaner's pages left in the cache, these reads cost no syscall at all.
     assert!(
         read >= kept_bytes / 2,
@@ -96,12 +101,7 @@ fn pages_the_segment_cleaner_moves_are_not_kept_in_the_cache() {
     );
     // The measure tells cached from not: read again, now that they are cached, they cost
     // next to nothing (the reads of /proc itself).
-    let r1 = thread_rchar();
-    for i in (0..KEYS).filter(|&i| kept(i)) {
-        let v = db.get(i.to_be_bytes()).unwrap_or_else(|e| panic!("get: {e}"));
-        assert_eq!(v.as_deref(), Some(value.as_slice()), "key {i}");
-    }
-    let again = thread_rchar() - r1;
+    let again = read_kept(&db, &value);
     assert!(
         again < kept_bytes / 100,
         "cached values still read {again} bytes from the file"
