@@ -40,6 +40,9 @@ pub enum CommandLine {
     Nul,
 }
 
+/// What a message buffer starts with (grown by doubling past it).
+const DATA_INITIAL_CAPACITY: usize = 16 * 1024;
+
 /// A DATA section, checked.
 #[derive(Debug, Default)]
 pub struct DataResult {
@@ -195,8 +198,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         max_line: usize,
         idle: Duration,
     ) -> Result<DataResult, ReadError> {
-        let mut out = DataResult::default();
-        let mut cur: Vec<u8> = Vec::new(); // the current line, kept only up to `max_line`
+        let mut out = DataResult {
+            // Most list mail fits: growing from empty reallocated and copied the message
+            // about ten times (a twentieth of the SMTP workers' time in an ingest profile).
+            message: Vec::with_capacity(DATA_INITIAL_CAPACITY.min(max_size.saturating_add(2))),
+            ..DataResult::default()
+        };
+        let mut cur: Vec<u8> = Vec::with_capacity(128); // the current line, kept only up to `max_line`
         let mut cur_len = 0usize; // its true length so far
         let mut pending_cr = false; // the previous piece of this line ended in CR
         let mut total = 0usize; // every byte of the message so far, kept or not
