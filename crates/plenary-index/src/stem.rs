@@ -2,9 +2,17 @@
 //!
 //! Why: stemming was the largest single cost of indexing a message (about a quarter of the
 //! indexing thread's time in `bench/` ingest profiles), and mail repeats its words: the same
-//! few thousand words make up most of every body. Each analyzer instance (tantivy clones one
-//! per segment writer, and one per query) keeps a bounded map from word to stem, so a word is
-//! run through the Snowball algorithm once per segment instead of once per occurrence.
+//! few thousand words make up most of every body. Each thread keeps a bounded map from word
+//! to stem per language, shared by every analyzer instance on that thread, so a word is run
+//! through the Snowball algorithm once per thread (until the map fills) instead of once per
+//! occurrence.
+//!
+//! Why per thread and not per analyzer instance: tantivy clones the analyzer for every
+//! segment writer and every snippet generator, so a map per instance started empty for each
+//! search, and the snippets of one page of results stemmed every word afresh (the Snowball
+//! stemmer alone was an eighth of the CPU of a site-wide search in a profile of the web
+//! benchmark). The web server's threads live as long as the daemon and keep their maps; the
+//! indexing thread tantivy starts per commit begins with an empty one, as before.
 //!
 //! The map holds words and stems inline (at most [`MAX_WORD_LEN`] bytes each) and hashes them
 //! with foldhash: with boxed strings and SipHash, finding a word (hashing it, then following a
@@ -14,10 +22,11 @@
 //! The stems are those of tantivy's own `Stemmer` filter (the same `frostem` algorithms; a
 //! test compares the two on real text), so an index built with either gives the same terms.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use tantivy::tokenizer::{Token, TokenFilter, TokenStream, Tokenizer};
 
-/// Most words remembered per analyzer instance; the map is emptied when it fills up (mail
+/// Most words remembered per thread and language; the map is emptied when it fills up (mail
 /// has a long tail of one-off words, and a clear is cheaper than tracking recency).
 const MAX_WORDS: usize = 8 * 1024;
 
@@ -53,6 +62,34 @@ impl Word {
 
 type Cache = HashMap<Word, Word, foldhash::fast::RandomState>;
 
+thread_local! {
+    /// This thread's maps, one per stemming algorithm used on it (at most the few languages
+    /// the schema knows, so a short list).
+    static CACHES: RefCell<Vec<(frostem::Algorithm, Cache)>> = const { RefCell::new(Vec::new()) };
+    /// Words this thread ran through the Snowball algorithm (for tests).
+    #[cfg(test)]
+    static STEMMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `f` on this thread's map for `algorithm`, or return None if it is in use (it never
+/// is: nothing stems while a lookup is under way; the caller then stems without the map).
+fn with_cache<R>(algorithm: frostem::Algorithm, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+    CACHES
+        .try_with(|caches| {
+            let mut caches = caches.try_borrow_mut().ok()?;
+            let i = match caches.iter().position(|(a, _)| *a == algorithm) {
+                Some(i) => i,
+                None => {
+                    caches.push((algorithm, Cache::default()));
+                    caches.len() - 1
+                }
+            };
+            Some(f(&mut caches[i].1))
+        })
+        .ok()
+        .flatten()
+}
+
 /// The token filter: stems each token, through a cache.
 #[derive(Clone)]
 pub struct CachedStemmer {
@@ -70,73 +107,73 @@ impl TokenFilter for CachedStemmer {
 
     fn transform<T: Tokenizer>(self, tokenizer: T) -> CachedStemmerFilter<T> {
         CachedStemmerFilter {
+            algorithm: self.algorithm,
             stemmer: frostem::Stemmer::new(self.algorithm),
-            cache: Cache::default(),
             inner: tokenizer,
         }
     }
 }
 
-/// A tokenizer followed by the stemmer; owns the cache (one per analyzer instance).
+/// A tokenizer followed by the stemmer (the cache is the thread's, see the module docs).
+#[derive(Clone)]
 pub struct CachedStemmerFilter<T> {
+    algorithm: frostem::Algorithm,
     stemmer: frostem::Stemmer,
-    cache: Cache,
     inner: T,
 }
 
-impl<T: Clone> Clone for CachedStemmerFilter<T> {
-    /// A clone starts with an empty cache: clones go to other threads and segments.
-    fn clone(&self) -> Self {
-        CachedStemmerFilter {
-            stemmer: self.stemmer,
-            cache: Cache::default(),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
 impl<T: Tokenizer> Tokenizer for CachedStemmerFilter<T> {
-    type TokenStream<'a> = CachedStemmerTokenStream<'a, T::TokenStream<'a>>;
+    type TokenStream<'a> = CachedStemmerTokenStream<T::TokenStream<'a>>;
 
     fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
         CachedStemmerTokenStream {
             tail: self.inner.token_stream(text),
+            algorithm: self.algorithm,
             stemmer: self.stemmer,
-            cache: &mut self.cache,
         }
     }
 }
 
-pub struct CachedStemmerTokenStream<'a, T> {
+pub struct CachedStemmerTokenStream<T> {
     tail: T,
+    algorithm: frostem::Algorithm,
     stemmer: frostem::Stemmer,
-    cache: &'a mut Cache,
 }
 
-impl<T: TokenStream> TokenStream for CachedStemmerTokenStream<'_, T> {
+impl<T: TokenStream> TokenStream for CachedStemmerTokenStream<T> {
     fn advance(&mut self) -> bool {
         if !self.tail.advance() {
             return false;
         }
         let token = self.tail.token_mut();
         let word = Word::new(&token.text);
-        if let Some((w, stem)) = word.as_ref().and_then(|w| self.cache.get(w).map(|s| (w, s))) {
-            if stem == w {
-                return true;
-            }
-            // Always whole UTF-8 (cut from a `&str` on insert); were it not, stem afresh.
-            if let Ok(s) = std::str::from_utf8(stem.as_bytes()) {
+        if let Some(w) = word {
+            let hit = with_cache(self.algorithm, |cache| {
+                let stem = cache.get(&w)?;
+                if *stem == w {
+                    return Some(true);
+                }
+                // Always whole UTF-8 (cut from a `&str` on insert); were it not, stem afresh.
+                let s = std::str::from_utf8(stem.as_bytes()).ok()?;
                 token.text.clear();
                 token.text.push_str(s);
+                Some(true)
+            })
+            .flatten();
+            if hit.is_some() {
                 return true;
             }
         }
         let stem = self.stemmer.stem(&token.text).into_owned();
+        #[cfg(test)]
+        STEMMED.with(|n| n.set(n.get() + 1));
         if let (Some(w), Some(st)) = (word, Word::new(&stem)) {
-            if self.cache.len() >= MAX_WORDS {
-                self.cache.clear();
-            }
-            self.cache.insert(w, st);
+            with_cache(self.algorithm, |cache| {
+                if cache.len() >= MAX_WORDS {
+                    cache.clear();
+                }
+                cache.insert(w, st);
+            });
         }
         token.text = stem;
         true
@@ -215,6 +252,34 @@ mod tests {
             let mut c = a.clone();
             assert_eq!(tokens(&mut c, text), tokens(&mut b, text), "{ours:?}, a clone");
         }
+    }
+
+    /// An analyzer cloned later on the same thread (as tantivy does for every snippet
+    /// generator, so for every search) finds the words already stemmed; another thread
+    /// starts afresh.
+    #[test]
+    fn clones_on_one_thread_share_the_stems() {
+        let text = "organisations organised meetings were generously generalised";
+        let a = TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(LowerCaser)
+            .filter(CachedStemmer::new(frostem::Algorithm::English))
+            .build();
+        let stemmed = || STEMMED.with(|n| n.get());
+        let before = stemmed();
+        let first = tokens(&mut a.clone(), text);
+        assert_eq!(stemmed() - before, 6, "the first analyzer stems every word");
+        let before = stemmed();
+        assert_eq!(tokens(&mut a.clone(), text), first);
+        assert_eq!(stemmed(), before, "a second clone stemmed words the first had");
+        let mut other = a.clone();
+        let on_other = std::thread::spawn(move || {
+            let before = stemmed();
+            let t = tokens(&mut other, text);
+            (t, stemmed() - before)
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("thread panicked"));
+        assert_eq!(on_other, (first, 6), "another thread has its own map");
     }
 
     #[test]
