@@ -90,6 +90,38 @@ fn with_cache<R>(algorithm: frostem::Algorithm, f: impl FnOnce(&mut Cache) -> R)
         .flatten()
 }
 
+/// Replace `text` by its stem, from `cache` when it holds the word, else by the Snowball
+/// algorithm, remembering the result.
+fn stem_through(cache: &mut Cache, stemmer: frostem::Stemmer, text: &mut String) {
+    let word = Word::new(text);
+    if let Some(stem) = word.as_ref().and_then(|w| cache.get(w)) {
+        if Some(stem) == word.as_ref() {
+            return;
+        }
+        // Always whole UTF-8 (cut from a `&str` on insert); were it not, stem afresh.
+        if let Ok(s) = std::str::from_utf8(stem.as_bytes()) {
+            text.clear();
+            text.push_str(s);
+            return;
+        }
+    }
+    let stem = snowball(stemmer, text);
+    if let (Some(w), Some(st)) = (word, Word::new(&stem)) {
+        if cache.len() >= MAX_WORDS {
+            cache.clear();
+        }
+        cache.insert(w, st);
+    }
+    *text = stem;
+}
+
+/// The Snowball algorithm itself (counted in tests).
+fn snowball(stemmer: frostem::Stemmer, text: &str) -> String {
+    #[cfg(test)]
+    STEMMED.with(|n| n.set(n.get() + 1));
+    stemmer.stem(text).into_owned()
+}
+
 /// The token filter: stems each token, through a cache.
 #[derive(Clone)]
 pub struct CachedStemmer {
@@ -145,37 +177,11 @@ impl<T: TokenStream> TokenStream for CachedStemmerTokenStream<T> {
         if !self.tail.advance() {
             return false;
         }
-        let token = self.tail.token_mut();
-        let word = Word::new(&token.text);
-        if let Some(w) = word {
-            let hit = with_cache(self.algorithm, |cache| {
-                let stem = cache.get(&w)?;
-                if *stem == w {
-                    return Some(true);
-                }
-                // Always whole UTF-8 (cut from a `&str` on insert); were it not, stem afresh.
-                let s = std::str::from_utf8(stem.as_bytes()).ok()?;
-                token.text.clear();
-                token.text.push_str(s);
-                Some(true)
-            })
-            .flatten();
-            if hit.is_some() {
-                return true;
-            }
+        let stemmer = self.stemmer;
+        let text = &mut self.tail.token_mut().text;
+        if with_cache(self.algorithm, |cache| stem_through(cache, stemmer, text)).is_none() {
+            *text = snowball(stemmer, text);
         }
-        let stem = self.stemmer.stem(&token.text).into_owned();
-        #[cfg(test)]
-        STEMMED.with(|n| n.set(n.get() + 1));
-        if let (Some(w), Some(st)) = (word, Word::new(&stem)) {
-            with_cache(self.algorithm, |cache| {
-                if cache.len() >= MAX_WORDS {
-                    cache.clear();
-                }
-                cache.insert(w, st);
-            });
-        }
-        token.text = stem;
         true
     }
 

@@ -5,6 +5,8 @@
 //! moved pages nobody had read, reading them must go to the file again.
 #![cfg(target_os = "linux")]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 const KEYS: u32 = 20_000;
@@ -15,13 +17,9 @@ fn kept(i: u32) -> bool {
     (i / BLOCK).is_multiple_of(5)
 }
 
-/// Bytes this thread has read through syscalls (`rchar` of `/proc/thread-self/io`).
+/// Bytes this thread has read through syscalls.
 fn thread_rchar() -> u64 {
-    let io = std::fs::read_to_string("/proc/thread-self/io").unwrap_or_else(|e| panic!("/proc/thread-self/io: {e}"));
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rchar in {io}"))
+    common::io_field("/proc/thread-self/io", "rchar")
 }
 
 /// Read every kept key, checking its value; returns the bytes this thread read meanwhile.
