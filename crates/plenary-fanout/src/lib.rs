@@ -925,7 +925,10 @@ impl Worker {
         // crash, the jobs come back, find nobody again and go.
         let mut unread = Vec::new();
         let mut memberless: HashMap<plenary_core::ListId, bool> = HashMap::new();
-        for job in self.store.jobs()? {
+        // Only durable jobs: a post whose commit a crash could still undo was not answered
+        // `250`, and its sender will send it again (plenary-store's `durable.rs`).
+        let jobs = self.store.read_durable(plenary_store::Store::jobs).await?;
+        for job in jobs {
             if matches!(job.what, JobKind::Post { .. } | JobKind::Digest { .. })
                 && job.cursor.is_none()
                 && !plans.contains_key(&job.id)
@@ -1080,6 +1083,55 @@ mod tests {
         let waits: Vec<i64> = (0..8).map(|a| worker.backoff(a)).collect();
         assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(worker.backoff(u32::MAX), 3600, "no overflow on absurd attempt counts");
+    }
+
+    /// The worker mails only durable posts. A post the committer applied and the syncer has
+    /// not flushed (a crash would undo it, its sender has no `250` and will send it again)
+    /// is not sent until it is on disk: otherwise every member could get it twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_durable_posts_are_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = StoreSettings::new(dir.path());
+        settings.min_free_bytes = 0;
+        let store = Store::open(settings).expect("open store");
+        let list = store
+            .create_list(&ListAddress::parse("l@x.org").expect("addr"), "L", "")
+            .expect("create");
+        store
+            .apply(vec![Write::PutMember(list.id, member("ana@example.net"))])
+            .expect("member");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let fanout = FanoutSettings {
+            relay_port: port,
+            dns_servers: vec!["127.0.0.1:9".parse().expect("socket addr")],
+            dns_timeout: Duration::from_millis(100),
+            ..FanoutSettings::default()
+        };
+        let engine = Engine::new(store.clone(), Default::default());
+        let worker = Arc::new(Worker::new(store.clone(), engine, fanout, Vec::new(), None).expect("worker"));
+        let hold = store.hold_durability();
+        let st = store.clone();
+        let ingest = tokio::spawn(async move { post(&st, list.id, "not yet durable").await });
+        let t0 = std::time::Instant::now();
+        while store.jobs().expect("plain read").is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the committer never applied the post"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let w = worker.clone();
+        let step = tokio::spawn(async move { w.step(&mut HashMap::new()).await.map_err(|e| e.to_string()) });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!step.is_finished(), "the worker took a post that is not durable");
+        assert!(store.retries().expect("retries").is_empty(), "nothing was attempted");
+        drop(hold);
+        let (sent, _) = step.await.expect("join").expect("step");
+        assert_eq!(sent, 1, "the post is sent once durable (to a relay that is down here)");
+        ingest.await.expect("ingest");
     }
 
     /// A post whose list had members when it was accepted, and none when the worker gets to

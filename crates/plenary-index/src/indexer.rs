@@ -137,7 +137,10 @@ impl Indexer {
     /// (Tokenising happens on tantivy's indexing thread after the mark is cleared; the
     /// parsers that can overflow the stack, mail-parser's, run under the mark.)
     pub fn step(&mut self) -> Result<usize, IndexError> {
-        let pending = self.store.index_pending(self.settings.max_batch)?;
+        // Only what is durable: a crash before the committer's flush must not leave a
+        // ghost in the index (plenary-store's `durable.rs`).
+        let max = self.settings.max_batch;
+        let pending = self.store.read_durable_blocking(|s| s.index_pending(max))?;
         if pending.is_empty() {
             return Ok(0);
         }
@@ -487,6 +490,59 @@ mod tests {
             ..req(&format!("{}a{}", "(".repeat(2000), ")".repeat(2000)))
         };
         assert!(matches!(search.search(&deep), Err(IndexError::Query(_))));
+    }
+
+    /// The indexer takes only durable mail. A group commit the committer applied and the
+    /// syncer has not flushed yet (a crash would undo it, and its sender has no `250`) is
+    /// not indexed until it is on disk: otherwise a crash could leave a hit in the index for
+    /// a message the store no longer has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn indexes_only_what_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = StoreSettings::new(dir.path());
+        s.min_free_bytes = 0;
+        let store = Store::open(s).expect("store");
+        let list = store
+            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
+            .expect("list");
+        let (search, _) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
+        let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
+        let hold = store.hold_durability();
+        let st = store.clone();
+        let ingest = tokio::spawn(async move {
+            put(
+                &st,
+                list.id,
+                "Message-ID: <d@x>\r\nSubject: durable\r\n\r\nflushed first\r\n",
+            )
+            .await;
+        });
+        let t0 = Instant::now();
+        while store.index_pending_len() == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the committer never applied the batch"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stepper = std::thread::spawn(move || {
+            let _ = tx.send(ix.step().map_err(|e| e.to_string()));
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(rx.try_recv().is_err(), "the indexer took a commit that is not durable");
+        search.reload().expect("reload");
+        assert_eq!(search.num_docs(), 0);
+        drop(hold);
+        let n = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the step ends after the flush")
+            .expect("step");
+        assert_eq!(n, 1);
+        stepper.join().expect("join");
+        ingest.await.expect("ingest");
+        search.reload().expect("reload");
+        assert_eq!(search.num_docs(), 1);
     }
 
     #[tokio::test]

@@ -800,7 +800,7 @@ impl Engine {
     /// Tell moderators about newly held posts.
     fn notify_held(&self) -> Result<usize, EngineError> {
         let mut n = 0;
-        for mut h in self.store.held(None)? {
+        for mut h in self.store.read_durable_blocking(|s| s.held(None))? {
             if h.notified {
                 continue;
             }
@@ -930,7 +930,9 @@ impl Engine {
 
     /// Handle mail waiting in the inbox. Returns how many entries were handled.
     pub async fn process_inbox(&self) -> Result<usize, EngineError> {
-        let entries = self.store.inbox(256)?;
+        // Only durable mail (plenary-store's `durable.rs`): a command whose commit a crash
+        // could undo must not be answered.
+        let entries = self.store.read_durable(|s| s.inbox(256)).await?;
         let n = entries.len();
         for (seq, entry) in entries {
             let list = match self.store.list_by_id(entry.list)? {
@@ -1062,7 +1064,7 @@ impl Engine {
     /// the oldest has waited `digest_interval`, or `force` names the list.
     pub fn make_digests(&self, force: Option<ListId>) -> Result<usize, EngineError> {
         let mut by_list: HashMap<ListId, Vec<(plenary_core::MessageKey, i64)>> = HashMap::new();
-        for (k, at) in self.store.digest_pending()? {
+        for (k, at) in self.store.read_durable_blocking(plenary_store::Store::digest_pending)? {
             by_list.entry(k.list).or_default().push((k, at));
         }
         let t = now();

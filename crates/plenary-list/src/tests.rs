@@ -476,3 +476,56 @@ async fn no_digest_job_while_nobody_takes_digests() {
     assert!(e.store().digest_pending().expect("pending").is_empty());
     assert_eq!(digests(&e), 1);
 }
+
+/// The engine answers only durable mail. A `-request` message the committer applied and
+/// the syncer has not flushed (a crash would undo it; its sender has no `250` yet) is not
+/// acted on until it is on disk: no confirmation goes out for a request that may vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_answered_only_once_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path());
+    let list = e.store().list("gov@lists.example.org").expect("read").expect("list");
+    let raw = b"From: Ana <ana@example.net>\r\nSubject: subscribe\r\nMessage-ID: <r1@x>\r\n\r\n".to_vec();
+    let meta = MessageMeta::extract(
+        &raw,
+        Fallback {
+            envelope_date: None,
+            received_at: now(),
+        },
+    );
+    let req = IngestRequest {
+        raw,
+        meta,
+        origin: plenary_core::Origin::Smtp,
+        envelope_from: "ana@example.net".into(),
+        targets: vec![IngestTarget {
+            list: list.id,
+            kind: RecipientKind::Request,
+        }],
+        received_at: now(),
+        handling: PostHandling::ByPolicy,
+    };
+    let hold = e.store().hold_durability();
+    let store = e.store().clone();
+    let ingest = tokio::spawn(async move { store.ingest(req).await });
+    let t0 = std::time::Instant::now();
+    while e.store().inbox(10).expect("plain read").is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the committer never applied the mail"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let e = std::sync::Arc::new(e);
+    let engine = e.clone();
+    let tick = tokio::spawn(async move { engine.tick().await.map_err(|e| e.to_string()) });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!tick.is_finished(), "the engine took mail that is not durable");
+    assert!(notices(&e).is_empty(), "nothing was answered");
+    drop(hold);
+    tick.await.expect("join").expect("tick");
+    ingest.await.expect("join").expect("ingest");
+    let n = notices(&e);
+    assert_eq!(n.len(), 1, "the request is answered once durable: {n:?}");
+    assert_eq!(n[0].0, vec![MemberAddress::parse("ana@example.net").expect("valid")]);
+}

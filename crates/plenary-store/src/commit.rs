@@ -108,6 +108,8 @@ pub(crate) struct CommitCtx {
     pub work_notify: Arc<tokio::sync::Notify>,
     /// Durable group commits made, and the ingest requests they carried.
     pub stats: Arc<CommitStats>,
+    /// Group commits begun and made durable (`durable.rs`).
+    pub durable: Arc<crate::durable::DurableMark>,
 }
 
 /// Counters of the committer's work (for tests and operators: the mean batch size says how
@@ -234,6 +236,7 @@ struct SyncCtx {
     index_notify: Arc<tokio::sync::Notify>,
     work_notify: Arc<tokio::sync::Notify>,
     stats: Arc<CommitStats>,
+    durable: Arc<crate::durable::DurableMark>,
 }
 
 /// Answer every waiter of a failed batch with the same kind of error: disk full (452) or
@@ -286,6 +289,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
         index_notify: ctx.index_notify.clone(),
         work_notify: ctx.work_notify.clone(),
         stats: ctx.stats.clone(),
+        durable: ctx.durable.clone(),
     };
     let (applied_tx, applied_rx) = std::sync::mpsc::channel::<Applied>();
     let syncer = std::thread::Builder::new()
@@ -312,6 +316,9 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let started = std::time::Instant::now();
+        // Counted before any record is applied, so a reader that sees one also waits for
+        // this batch to be durable (`durable.rs`).
+        ctx.durable.begin();
         let result = commit_batch(&mut ctx, &mut counters, &jobs, bytes);
         tracing::debug!(
             messages = jobs.len(),
@@ -330,6 +337,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 if let Err(std::sync::mpsc::SendError(a)) = applied_tx.send(applied) {
                     // The syncer is gone (it panicked): nothing can be made durable.
                     ctx.failed.store(true, Ordering::SeqCst);
+                    ctx.durable.wake();
                     tracing::error!("the syncer thread ended; store is now failed");
                     refuse(a.jobs, &StoreError::Failed);
                 }
@@ -341,6 +349,18 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                     tracing::warn!(error = %e, "group commit refused");
                 }
                 refuse(jobs, &e);
+                // The batch was counted as begun: the syncer counts it as done after its
+                // next flush (which also covers anything it may have applied).
+                let empty = Applied {
+                    jobs: Vec::new(),
+                    outcomes: Vec::new(),
+                    queued_for_index: false,
+                    queued_work: false,
+                };
+                if applied_tx.send(empty).is_err() {
+                    ctx.failed.store(true, Ordering::SeqCst);
+                    ctx.durable.wake();
+                }
             }
         }
     }
@@ -354,6 +374,7 @@ fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
         let mut batches = vec![first];
         batches.extend(rx.try_iter());
         let started = std::time::Instant::now();
+        ctx.durable.wait_unheld();
         let result = if ctx.failed.load(Ordering::SeqCst) {
             Err(StoreError::Failed)
         } else {
@@ -366,6 +387,7 @@ fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
         );
         match result {
             Ok(()) => {
+                ctx.durable.finish(batches.len() as u64);
                 let (mut index, mut work) = (false, false);
                 for b in batches {
                     ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -389,6 +411,7 @@ fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
                     tracing::error!(error = %e, "group commit failed; store is now failed");
                 }
                 ctx.failed.store(true, Ordering::SeqCst);
+                ctx.durable.wake();
                 for b in batches {
                     refuse(b.jobs, &StoreError::Failed);
                 }

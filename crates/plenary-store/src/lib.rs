@@ -21,6 +21,7 @@
 //!   daemon exits to be restarted (fail-stop, never "retry and assume success").
 
 mod commit;
+mod durable;
 mod engine;
 mod indexq;
 mod keys;
@@ -31,6 +32,8 @@ mod spool;
 mod threadlog;
 
 pub use commit::{IngestRequest, IngestTarget, PostHandling, TargetOutcome};
+#[cfg(any(test, feature = "test-hooks"))]
+pub use durable::DurabilityHold;
 pub use engine::Write;
 pub use records::{
     BlobRef, FanoutJob, HeldPost, InboxEntry, JobKind, ListRecord, LogEntry, MonthCount, Pending, PendingAction,
@@ -195,6 +198,8 @@ struct Inner {
     /// When the rate-limit tree was last swept of expired keys (unix seconds).
     rate_swept: std::sync::atomic::AtomicI64,
     commit_stats: Arc<commit::CommitStats>,
+    /// Group commits begun and made durable, for [`Store::read_durable`].
+    durable: Arc<durable::DurableMark>,
     /// Id and address of lists by address, for [`Store::list_ident`]: a list's id and
     /// address never change and lists are never removed, so an entry never goes stale.
     idents: std::sync::RwLock<std::collections::HashMap<String, (plenary_core::ListId, plenary_core::ListAddress)>>,
@@ -289,6 +294,7 @@ impl Store {
         let index_notify = Arc::new(tokio::sync::Notify::new());
         let work_notify = Arc::new(tokio::sync::Notify::new());
         let commit_stats = Arc::new(commit::CommitStats::default());
+        let durable = Arc::new(durable::DurableMark::default());
         let committer = commit::CommitterHandle::start(commit::CommitCtx {
             db: db.clone(),
             trees: trees.clone(),
@@ -302,6 +308,7 @@ impl Store {
             index_notify: index_notify.clone(),
             work_notify: work_notify.clone(),
             stats: commit_stats.clone(),
+            durable: durable.clone(),
         })?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -316,9 +323,14 @@ impl Store {
                 work_notify,
                 rate_swept: std::sync::atomic::AtomicI64::new(0),
                 commit_stats,
+                durable,
                 idents: Default::default(),
             }),
         })
+    }
+
+    pub(crate) fn durable_mark(&self) -> &durable::DurableMark {
+        &self.inner.durable
     }
 
     pub(crate) fn trees(&self) -> &Trees {

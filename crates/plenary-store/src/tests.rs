@@ -660,3 +660,68 @@ async fn digest_entries_hold_a_group_commit_and_are_taken_whole() {
         .expect("taken");
     assert!(store.digest_pending().expect("pending").is_empty());
 }
+
+/// Readers that act on mail (the indexer, the fan-out, the list engine) see a group commit
+/// only once it is durable. With the syncer held between the committer's two stages the
+/// batch is applied (a plain read sees its index entry) but unanswered, and neither
+/// `read_durable` nor `read_durable_blocking` returns until the flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_act_on_mail_wait_until_it_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = new_list(&store, "l@x.org");
+    // Idle: nothing begun and not durable, so no wait.
+    assert!(store
+        .read_durable_blocking(|s| s.index_pending(10))
+        .expect("read")
+        .is_empty());
+
+    let hold = store.hold_durability();
+    let s = store.clone();
+    let ingest = tokio::spawn(async move {
+        s.ingest(req(list.id, b"Message-ID: <d1@x>\r\n\r\nhi\r\n", RecipientKind::Post))
+            .await
+    });
+    let t0 = std::time::Instant::now();
+    while store.index_pending_len() == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the committer never applied the batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        store.index_pending(10).expect("plain read").len(),
+        1,
+        "applied records are visible"
+    );
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = store.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.read_durable_blocking(|s| s.index_pending(10)));
+    });
+    let s = store.clone();
+    let async_read = tokio::spawn(async move { s.read_durable(|s| s.index_pending(10)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "a blocking reader saw a commit that is not durable"
+    );
+    assert!(
+        !async_read.is_finished(),
+        "an async reader saw a commit that is not durable"
+    );
+    assert!(!ingest.is_finished(), "a sender was answered before the flush");
+
+    drop(hold);
+    let blocking = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the blocking reader returns after the flush")
+        .expect("read");
+    assert_eq!(blocking.len(), 1);
+    let read = async_read.await.expect("join").expect("read");
+    assert_eq!(read.len(), 1);
+    let out = ingest.await.expect("join").expect("ingest");
+    assert!(matches!(out[0], TargetOutcome::Archived(_)), "{out:?}");
+}
