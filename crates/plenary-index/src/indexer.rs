@@ -226,6 +226,35 @@ impl Indexer {
         Ok(Some(doc))
     }
 
+    /// At start-up, make the index agree with the store when their counts say it does not
+    /// (nothing queued, yet a different number of documents than archived messages). Fewer
+    /// documents: everything is queued again (re-indexing is idempotent). More: the index
+    /// holds documents the store does not have (ghosts, which an index built before
+    /// `Store::read_durable` could get from a crash between the committer's two stages), and
+    /// re-adding cannot remove them, so the index is emptied first. A new index is filled
+    /// from the store. Returns how many messages were queued.
+    pub fn reconcile(&mut self, created: bool) -> Result<u64, IndexError> {
+        let archived = self.store.archived_total()?;
+        let quarantined = self.store.index_quarantined()?.len() as u64;
+        let have = self.search.num_docs() + quarantined;
+        let settled = self.store.index_pending_len() == 0;
+        if !created && !(settled && have != archived) {
+            return Ok(0);
+        }
+        if !created && have > archived {
+            tracing::warn!(
+                documents = self.search.num_docs(),
+                archived,
+                quarantined,
+                "the search index holds messages the store does not have; rebuilding it"
+            );
+            self.clear()?;
+        }
+        let n = self.store.index_requeue_all(false)?;
+        tracing::info!(messages = n, "building the search index from the store");
+        Ok(n)
+    }
+
     /// Delete every document (for a rebuild); the caller re-queues the store.
     pub fn clear(&mut self) -> Result<(), IndexError> {
         let w = self.writer()?;
@@ -543,6 +572,77 @@ mod tests {
         ingest.await.expect("ingest");
         search.reload().expect("reload");
         assert_eq!(search.num_docs(), 1);
+    }
+
+    /// At start-up the index is brought in step with the store: left alone when it agrees,
+    /// refilled when it lacks documents, and emptied and refilled when it has documents the
+    /// store does not (a ghost from an older build), which re-adding alone cannot remove.
+    #[tokio::test]
+    async fn reconcile_removes_ghosts_and_fills_gaps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = StoreSettings::new(dir.path());
+        s.min_free_bytes = 0;
+        let store = Store::open(s).expect("store");
+        let list = store
+            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
+            .expect("list");
+        put(&store, list.id, "Message-ID: <a@x>\r\nSubject: one\r\n\r\nalpha\r\n").await;
+        put(&store, list.id, "Message-ID: <b@x>\r\nSubject: two\r\n\r\nbravo\r\n").await;
+        let (search, created) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
+        let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
+        assert_eq!(ix.reconcile(created).expect("reconcile"), 2, "a new index is filled");
+        assert_eq!(ix.step().expect("step"), 2);
+        search.reload().expect("reload");
+        assert_eq!(ix.reconcile(false).expect("reconcile"), 0, "in step: nothing to do");
+
+        // A ghost: a document whose message the store does not have.
+        let f = search.fields();
+        let mut ghost = TantivyDocument::default();
+        ghost.add_u64(f.key, MessageKey { list: list.id, seq: 3 }.to_u64());
+        ghost.add_u64(f.list, u64::from(list.id.0));
+        ghost.add_i64(f.date, 1_800_000_000);
+        ghost.add_text(f.message_id, "ghost@x");
+        ghost.add_u64(f.lang, Fields::lang_index(Language::English) as u64);
+        ghost.add_text(f.body[Fields::lang_index(Language::English)], "phantom");
+        ix.writer().expect("writer").add_document(ghost).expect("add");
+        ix.writer().expect("writer").commit().expect("commit");
+        search.reload().expect("reload");
+        assert_eq!(search.num_docs(), 3);
+        assert_eq!(ix.reconcile(false).expect("reconcile"), 2);
+        while store.index_pending_len() > 0 {
+            ix.step().expect("step");
+        }
+        search.reload().expect("reload");
+        assert_eq!(search.num_docs(), 2, "the ghost is gone");
+        let req = SearchRequest {
+            query: "phantom".into(),
+            list: Some(list.id),
+            lists: vec![crate::ListScope {
+                id: list.id,
+                address: "gov@x.org".into(),
+                language: Language::English,
+                public: true,
+            }],
+            sort: crate::Sort::Relevance,
+            offset: 0,
+            limit: 10,
+        };
+        assert_eq!(search.search(&req).expect("search").total, 0);
+
+        // A gap: a document missing is indexed again.
+        let a = store.find(list.id, "a@x").expect("find").expect("present");
+        ix.writer()
+            .expect("writer")
+            .delete_term(Term::from_field_u64(f.key, a.to_u64()));
+        ix.writer().expect("writer").commit().expect("commit");
+        search.reload().expect("reload");
+        assert_eq!(search.num_docs(), 1);
+        assert_eq!(ix.reconcile(false).expect("reconcile"), 2);
+        while store.index_pending_len() > 0 {
+            ix.step().expect("step");
+        }
+        search.reload().expect("reload");
+        assert_eq!(search.num_docs(), 2);
     }
 
     #[tokio::test]

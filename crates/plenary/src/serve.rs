@@ -92,19 +92,11 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     let index_dir = config.data_dir.join("index");
     let (search, created) = SearchIndex::open(&index_dir, config.query).context("cannot open the search index")?;
-    let archived = store.archived_total().context("cannot count archived messages")?;
-    let quarantined = store
-        .index_quarantined()
-        .context("cannot read the index quarantine")?
-        .len() as u64;
-    if created || (store.index_pending_len() == 0 && search.num_docs() + quarantined != archived) {
-        let n = store
-            .index_requeue_all(false)
-            .context("cannot queue messages for indexing")?;
-        tracing::info!(messages = n, "building the search index from the store");
-    }
-    let indexer =
+    let mut indexer =
         Indexer::new(store.clone(), search.clone(), config.indexer.clone()).context("cannot start the indexer")?;
+    indexer
+        .reconcile(created)
+        .context("cannot bring the search index in step with the store")?;
     let indexer_thread = IndexerThread::start(indexer, &store)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
