@@ -237,8 +237,8 @@ impl Indexer {
         let archived = self.store.archived_total()?;
         let quarantined = self.store.index_quarantined()?.len() as u64;
         let have = self.search.num_docs() + quarantined;
-        let settled = self.store.index_pending_len() == 0;
-        if !created && !(settled && have != archived) {
+        let out_of_step = self.store.index_pending_len() == 0 && have != archived;
+        if !(created || out_of_step) {
             return Ok(0);
         }
         if !created && have > archived {
