@@ -275,6 +275,13 @@ fn refuse_all(failed: &AtomicBool, mut rx: mpsc::Receiver<Job>) {
 /// applied while batch N's flush is on its way to the disk, and the batches that queue up
 /// meanwhile share the next flush.
 fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
+    // However this thread ends (the last store handle dropped, or a panic unwinding), no
+    // batch it began will ever be made durable: say so, so that readers waiting for one
+    // (`durable.rs`) give up instead of waiting for ever.
+    let _ended = Ended {
+        failed: ctx.failed.clone(),
+        durable: ctx.durable.clone(),
+    };
     let sync = SyncCtx {
         db: ctx.db.clone(),
         db_file: match ctx.db_file.take() {
@@ -366,6 +373,19 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
     }
     drop(applied_tx);
     let _ = syncer.join();
+}
+
+/// Marks the store failed when the committer thread ends (see `run`).
+struct Ended {
+    failed: Arc<AtomicBool>,
+    durable: Arc<crate::durable::DurableMark>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.durable.wake();
+    }
 }
 
 /// Stage two of the committer: one flush for every batch applied since the last one.

@@ -725,3 +725,38 @@ async fn readers_that_act_on_mail_wait_until_it_is_durable() {
     let out = ingest.await.expect("join").expect("ingest");
     assert!(matches!(out[0], TargetOutcome::Archived(_)), "{out:?}");
 }
+
+/// A reader waiting for a commit that will never be durable (the store failed meanwhile)
+/// gets an error instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_waiting_for_durability_give_up_when_the_store_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = new_list(&store, "l@x.org");
+    let hold = store.hold_durability();
+    let s = store.clone();
+    let ingest = tokio::spawn(async move {
+        s.ingest(req(list.id, b"Message-ID: <f1@x>\r\n\r\nhi\r\n", RecipientKind::Post))
+            .await
+    });
+    let t0 = std::time::Instant::now();
+    while store.index_pending_len() == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the committer never applied the batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let s = store.clone();
+    let waiting = std::thread::spawn(move || s.read_durable_blocking(|s| s.index_pending(10)));
+    let s = store.clone();
+    let waiting_async = tokio::spawn(async move { s.read_durable(|s| s.index_pending(10)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished() && !waiting_async.is_finished());
+    store.mark_failed();
+    assert!(matches!(waiting.join().expect("join"), Err(StoreError::Failed)));
+    assert!(matches!(waiting_async.await.expect("join"), Err(StoreError::Failed)));
+    drop(hold);
+    // The held batch is answered with an error, never a success.
+    assert!(ingest.await.expect("join").is_err());
+}
