@@ -798,9 +798,10 @@ impl Engine {
     }
 
     /// Tell moderators about newly held posts.
-    fn notify_held(&self) -> Result<usize, EngineError> {
+    async fn notify_held(&self) -> Result<usize, EngineError> {
         let mut n = 0;
-        for mut h in self.store.read_durable_blocking(|s| s.held(None))? {
+        // Only durable posts (plenary-store's `durable.rs`).
+        for mut h in self.store.read_durable(|s| s.held(None)).await? {
             if h.notified {
                 continue;
             }
@@ -1062,9 +1063,10 @@ impl Engine {
     /// Turn waiting posts into digest jobs (or, on a list where nobody takes digests, just
     /// take them): when a list has `digest_size` posts waiting, or
     /// the oldest has waited `digest_interval`, or `force` names the list.
-    pub fn make_digests(&self, force: Option<ListId>) -> Result<usize, EngineError> {
+    pub async fn make_digests(&self, force: Option<ListId>) -> Result<usize, EngineError> {
         let mut by_list: HashMap<ListId, Vec<(plenary_core::MessageKey, i64)>> = HashMap::new();
-        for (k, at) in self.store.read_durable_blocking(plenary_store::Store::digest_pending)? {
+        // Only durable posts (plenary-store's `durable.rs`).
+        for (k, at) in self.store.read_durable(plenary_store::Store::digest_pending).await? {
             by_list.entry(k.list).or_default().push((k, at));
         }
         let t = now();
@@ -1113,8 +1115,8 @@ impl Engine {
     /// One round of engine work: inbox, held notices, digests, expired tokens.
     pub async fn tick(&self) -> Result<usize, EngineError> {
         let mut n = self.process_inbox().await?;
-        n += self.notify_held()?;
-        n += self.make_digests(None)?;
+        n += self.notify_held().await?;
+        n += self.make_digests(None).await?;
         let expired = self.store.expired_tokens(now())?;
         if !expired.is_empty() {
             self.store

@@ -466,13 +466,13 @@ async fn no_digest_job_while_nobody_takes_digests() {
     };
     e.store().ingest(post(1)).await.expect("ingest");
     assert_eq!(e.store().digest_pending().expect("pending").len(), 1);
-    assert_eq!(e.make_digests(Some(list.id)).expect("digests"), 0);
+    assert_eq!(e.make_digests(Some(list.id)).await.expect("digests"), 0);
     assert!(e.store().digest_pending().expect("pending").is_empty());
     assert_eq!(digests(&e), 0);
     e.set_member_option("gov@lists.example.org", "ana@example.net", "delivery", "digest")
         .expect("option");
     e.store().ingest(post(2)).await.expect("ingest");
-    assert_eq!(e.make_digests(Some(list.id)).expect("digests"), 1);
+    assert_eq!(e.make_digests(Some(list.id)).await.expect("digests"), 1);
     assert!(e.store().digest_pending().expect("pending").is_empty());
     assert_eq!(digests(&e), 1);
 }

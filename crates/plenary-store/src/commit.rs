@@ -221,6 +221,8 @@ struct Counters {
 /// A batch whose records are applied (and whose bytes are in the spool, synced) but not
 /// yet flushed to disk by sled: its callers wait for the syncer.
 struct Applied {
+    /// Given back once the batch is durable (`durable.rs`).
+    ticket: crate::durable::Ticket,
     jobs: Vec<Job>,
     outcomes: Vec<Vec<TargetOutcome>>,
     queued_for_index: bool,
@@ -323,9 +325,9 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let started = std::time::Instant::now();
-        // Counted before any record is applied, so a reader that sees one also waits for
+        // Taken before any record is applied, so a reader that sees one also waits for
         // this batch to be durable (`durable.rs`).
-        ctx.durable.begin();
+        let ticket = ctx.durable.take();
         let result = commit_batch(&mut ctx, &mut counters, &jobs, bytes);
         tracing::debug!(
             messages = jobs.len(),
@@ -336,6 +338,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
         match result {
             Ok((outcomes, queued_for_index, queued_work)) => {
                 let applied = Applied {
+                    ticket,
                     jobs,
                     outcomes,
                     queued_for_index,
@@ -356,18 +359,9 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                     tracing::warn!(error = %e, "group commit refused");
                 }
                 refuse(jobs, &e);
-                // The batch was counted as begun: the syncer counts it as done after its
-                // next flush (which also covers anything it may have applied).
-                let empty = Applied {
-                    jobs: Vec::new(),
-                    outcomes: Vec::new(),
-                    queued_for_index: false,
-                    queued_work: false,
-                };
-                if applied_tx.send(empty).is_err() {
-                    ctx.failed.store(true, Ordering::SeqCst);
-                    ctx.durable.wake();
-                }
+                // `commit_batch` fails before its transaction or in it (which is atomic):
+                // nothing of this batch was applied, so nobody needs to wait for it.
+                ctx.durable.give_back([ticket]);
             }
         }
     }
@@ -375,7 +369,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
     let _ = syncer.join();
 }
 
-/// Marks the store failed when the committer thread ends (see `run`).
+/// Marks the store failed when the committer or syncer thread ends (see `run`).
 struct Ended {
     failed: Arc<AtomicBool>,
     durable: Arc<crate::durable::DurableMark>,
@@ -390,6 +384,11 @@ impl Drop for Ended {
 
 /// Stage two of the committer: one flush for every batch applied since the last one.
 fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
+    // As in `run`: batches handed over and never flushed must not be waited for forever.
+    let _ended = Ended {
+        failed: ctx.failed.clone(),
+        durable: ctx.durable.clone(),
+    };
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         batches.extend(rx.try_iter());
@@ -407,7 +406,7 @@ fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
         );
         match result {
             Ok(()) => {
-                ctx.durable.finish(batches.len() as u64);
+                ctx.durable.give_back(batches.iter().map(|b| b.ticket));
                 let (mut index, mut work) = (false, false);
                 for b in batches {
                     ctx.stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -9,29 +9,34 @@
 //! the fan-out would have mailed the post to every member (who then get it twice), and the
 //! list engine would have answered a command that never happened.
 //!
-//! How: the committer counts each group commit as begun before its records are applied, and
-//! the syncer counts it as done once it is durable. [`Store::read_durable`] reads first,
-//! then waits until every group commit begun by then is done: whatever the read saw was
-//! applied by one of those. The wait is at most one flush (about a millisecond under load)
-//! and none when the store is idle. Readers that only show the store (admin views, pages)
-//! read directly.
+//! The same holds for the list engine's and the fan-out's own writes (`Store::apply`), which
+//! are visible between their transaction and their sync.
+//!
+//! How: every writer takes a ticket before it applies anything and gives it back once what
+//! it applied is durable (or once it knows it applied nothing): the committer per group
+//! commit (given back by the syncer after its flush), `Store::apply` per call. Tickets are
+//! numbered in the order they are taken. [`Store::read_durable`] reads first, then waits
+//! until no ticket taken before the end of its read is still out: whatever the read saw
+//! was applied under one of those. A set of open tickets, not two counters, because
+//! `apply` runs on many threads and its writes become durable in any order. The wait is at
+//! most one flush (about a millisecond under load) and none when nothing is being written.
+//! Readers that only show the store (admin views, pages) read directly. A writer that fails
+//! keeps its ticket and marks the store failed, and waiters then give up.
 
 use crate::{Store, StoreError};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// How often a waiter looks at the store's failed flag while the syncer makes no progress.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// The committer's progress, as the two counts above.
+/// The writers' tickets (see the module docs).
 #[derive(Debug, Default)]
 pub(crate) struct DurableMark {
-    /// Group commits begun (counted before any of their records is applied).
-    begun: AtomicU64,
-    /// Group commits done: durable, or failed without leaving records behind.
-    done: Mutex<u64>,
-    /// Wakes blocking waiters when `done` moves or the store fails.
+    flight: Mutex<Flight>,
+    /// Wakes blocking waiters when a ticket comes back or the store fails.
     moved: Condvar,
     /// Wakes async waiters likewise.
     moved_async: tokio::sync::Notify,
@@ -39,15 +44,35 @@ pub(crate) struct DurableMark {
     held: AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct Flight {
+    /// The next ticket's number.
+    next: u64,
+    /// Tickets taken and not given back.
+    open: BTreeSet<u64>,
+}
+
+/// A writer's ticket: taken before it applies anything (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
+
 impl DurableMark {
-    /// The committer is about to apply one more group commit.
-    pub(crate) fn begin(&self) {
-        self.begun.fetch_add(1, Ordering::SeqCst);
+    /// A writer is about to apply something.
+    pub(crate) fn take(&self) -> Ticket {
+        let mut f = lock(&self.flight);
+        let t = f.next;
+        f.next += 1;
+        f.open.insert(t);
+        Ticket(t)
     }
 
-    /// The syncer is done with `n` more group commits (in the order they began).
-    pub(crate) fn finish(&self, n: u64) {
-        *lock(&self.done) += n;
+    /// What the writers of `tickets` applied is durable, or they applied nothing.
+    pub(crate) fn give_back(&self, tickets: impl IntoIterator<Item = Ticket>) {
+        let mut f = lock(&self.flight);
+        for Ticket(t) in tickets {
+            f.open.remove(&t);
+        }
+        drop(f);
         self.wake();
     }
 
@@ -64,16 +89,22 @@ impl DurableMark {
         }
     }
 
-    fn ticket(&self) -> u64 {
-        self.begun.load(Ordering::SeqCst)
+    /// Tickets taken so far: a read that ended before this call can only have seen what
+    /// their writers applied.
+    fn horizon(&self) -> u64 {
+        lock(&self.flight).next
     }
 
-    fn reached(&self, ticket: u64) -> bool {
-        *lock(&self.done) >= ticket
+    fn settled(f: &Flight, horizon: u64) -> bool {
+        f.open.first().is_none_or(|t| *t >= horizon)
+    }
+
+    fn reached(&self, horizon: u64) -> bool {
+        Self::settled(&lock(&self.flight), horizon)
     }
 }
 
-/// The counts stay meaningful if a holder panicked (they only ever grow).
+/// The tickets stay meaningful if a holder panicked (each change is one step).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -99,13 +130,13 @@ impl Store {
     pub async fn read_durable<T>(&self, read: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let value = read(self)?;
         let mark = self.durable_mark();
-        let ticket = mark.ticket();
+        let horizon = mark.horizon();
         loop {
             let moved = mark.moved_async.notified();
             tokio::pin!(moved);
             // Registered before the check, so a wake between the check and the wait counts.
             moved.as_mut().enable();
-            if mark.reached(ticket) {
+            if mark.reached(horizon) {
                 return Ok(value);
             }
             if self.has_failed() {
@@ -122,26 +153,27 @@ impl Store {
     ) -> Result<T, StoreError> {
         let value = read(self)?;
         let mark = self.durable_mark();
-        let ticket = mark.ticket();
-        let mut done = lock(&mark.done);
+        let horizon = mark.horizon();
+        let mut flight = lock(&mark.flight);
         loop {
-            if *done >= ticket {
+            if DurableMark::settled(&flight, horizon) {
                 return Ok(value);
             }
             if self.has_failed() {
                 return Err(StoreError::Failed);
             }
-            done = mark
+            flight = mark
                 .moved
-                .wait_timeout(done, RECHECK)
+                .wait_timeout(flight, RECHECK)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 
-    /// Stop the syncer between the committer's two stages until the hold is dropped: batches
-    /// are applied (visible) but not made durable, and nobody gets a `250`. Tests use it
-    /// to show that readers acting on mail wait for it to be durable.
+    /// Stop every sync until the hold is dropped: the committer's batches are applied
+    /// (visible) but not made durable, and nobody gets a `250`; `Store::apply` returns
+    /// only after the hold. Tests use it to show that readers acting on mail wait for it to
+    /// be durable.
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn hold_durability(&self) -> DurabilityHold {
         self.inner.durable.held.store(true, Ordering::SeqCst);

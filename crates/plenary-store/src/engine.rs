@@ -65,6 +65,8 @@ impl Store {
         }
         let t = self.trees();
         let work = writes.iter().any(|w| matches!(w, Write::PutJob(_)));
+        // Readers that act on records wait until these are durable (`durable.rs`).
+        let ticket = self.durable_mark().take();
         // Bytes to erase from the spool once the records pointing at them are durably gone
         // (refilled on every run of the closure: sled may retry a transaction).
         let freed = std::cell::RefCell::new(Vec::<BlobRef>::new());
@@ -165,12 +167,18 @@ impl Store {
                 self.mark_failed();
                 return Err(StoreError::Sled(e));
             }
-            Err(TransactionError::Abort(())) => return Err(StoreError::Failed),
+            Err(TransactionError::Abort(())) => {
+                self.durable_mark().give_back([ticket]);
+                return Err(StoreError::Failed);
+            }
         }
         let freed = freed.into_inner();
         if durable || !freed.is_empty() {
+            // On failure the ticket stays out and the store is failed: waiters give up.
             self.sync()?;
         }
+        // Durable now, or not wanted durable by the caller (progress it can redo).
+        self.durable_mark().give_back([ticket]);
         for raw in &freed {
             // The records are durably gone; if erasing fails the bytes are only unreferenced.
             if let Err(e) = self.spool().erase(raw) {

@@ -362,6 +362,7 @@ impl Store {
 
     pub(crate) fn mark_failed(&self) {
         self.inner.failed.store(true, Ordering::SeqCst);
+        self.inner.durable.wake();
     }
 
     /// Make everything written so far durable: sled's flush, then fsync of its db file.
@@ -369,6 +370,7 @@ impl Store {
         if self.has_failed() {
             return Err(StoreError::Failed);
         }
+        self.inner.durable.wait_unheld();
         let r = commit::make_durable(&self.inner.db, &self.inner.db_file, &self.inner.settings);
         if r.is_err() {
             // sled's errors are sticky, ENOSPC included (SECURITY.md F-08): fail-stop.

@@ -115,6 +115,26 @@ async fn disk_reserve_refuses_ingest() {
         .await;
     assert!(matches!(err, Err(ref e) if e.is_disk_full()), "got {err:?}");
     assert!(!store.has_failed(), "a refused batch must not fail the store");
+    // Nothing of the refused batch was applied, so readers that act on mail must not wait
+    // for it (they would wait for ever: the store is not failed).
+    let s = store.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.read_durable_blocking(|s| s.index_pending(10)));
+    });
+    let read = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("a reader must not wait for a refused batch")
+        .expect("read");
+    assert!(read.is_empty());
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        store.read_durable(|s| s.index_pending(10)),
+    )
+    .await
+    .expect("an async reader must not wait for a refused batch either")
+    .expect("read");
+    assert!(read.is_empty());
 }
 
 #[tokio::test]
@@ -759,4 +779,47 @@ async fn readers_waiting_for_durability_give_up_when_the_store_fails() {
     drop(hold);
     // The held batch is answered with an error, never a success.
     assert!(ingest.await.expect("join").is_err());
+}
+
+/// `Store::apply` (the list engine's and the fan-out's own writes) is covered too: what it
+/// applied is visible before its sync, and readers that act on it wait for that sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_wait_for_the_sync_of_engine_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(settings(dir.path())).expect("open");
+    let list = new_list(&store, "l@x.org");
+    let job = FanoutJob {
+        id: 7,
+        list: list.id,
+        what: JobKind::Notice {
+            to: vec![plenary_core::MemberAddress::parse("ana@example.net").expect("valid")],
+            raw: "Subject: hi\r\n\r\nhello\r\n".into(),
+        },
+        created: 1_800_000_000,
+        cursor: None,
+        walked: false,
+        delivered: 0,
+    };
+    let hold = store.hold_durability();
+    let s = store.clone();
+    let writer = std::thread::spawn(move || s.apply(vec![Write::PutJob(job)]));
+    let t0 = std::time::Instant::now();
+    while store.jobs().expect("plain read").is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the write was never applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let s = store.clone();
+    let reader = tokio::spawn(async move { s.read_durable(Store::jobs).await });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        !reader.is_finished(),
+        "a reader saw an engine write that is not durable"
+    );
+    assert!(!writer.is_finished(), "apply returned before its sync");
+    drop(hold);
+    writer.join().expect("join").expect("apply");
+    assert_eq!(reader.await.expect("join").expect("read").len(), 1);
 }

@@ -316,7 +316,7 @@ pub async fn execute(
         }
         Request::DigestSend { list } => {
             let rec = list_id(store, &list)?;
-            let n = engine.make_digests(Some(rec.id)).map_err(e2s)?;
+            let n = engine.make_digests(Some(rec.id)).await.map_err(e2s)?;
             Ok(if n > 0 {
                 "digest queued".into()
             } else {
