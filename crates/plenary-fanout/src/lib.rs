@@ -1085,6 +1085,23 @@ mod tests {
         assert_eq!(worker.backoff(u32::MAX), 3600, "no overflow on absurd attempt counts");
     }
 
+    /// A worker whose relay refuses connections (a port just freed), so every attempted
+    /// copy becomes a retry, and whose DNS lookups fail fast.
+    fn worker_with_relay_down(store: &Store) -> Arc<Worker> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let fanout = FanoutSettings {
+            relay_port: port,
+            dns_servers: vec!["127.0.0.1:9".parse().expect("socket addr")],
+            dns_timeout: Duration::from_millis(100),
+            ..FanoutSettings::default()
+        };
+        let engine = Engine::new(store.clone(), Default::default());
+        Arc::new(Worker::new(store.clone(), engine, fanout, Vec::new(), None).expect("worker"))
+    }
+
     /// The worker mails only durable posts. A post the committer applied and the syncer has
     /// not flushed (a crash would undo it, its sender has no `250` and will send it again)
     /// is not sent until it is on disk: otherwise every member could get it twice.
@@ -1100,29 +1117,14 @@ mod tests {
         store
             .apply(vec![Write::PutMember(list.id, member("ana@example.net"))])
             .expect("member");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let fanout = FanoutSettings {
-            relay_port: port,
-            dns_servers: vec!["127.0.0.1:9".parse().expect("socket addr")],
-            dns_timeout: Duration::from_millis(100),
-            ..FanoutSettings::default()
-        };
-        let engine = Engine::new(store.clone(), Default::default());
-        let worker = Arc::new(Worker::new(store.clone(), engine, fanout, Vec::new(), None).expect("worker"));
+        let worker = worker_with_relay_down(&store);
         let hold = store.hold_durability();
         let st = store.clone();
         let ingest = tokio::spawn(async move { post(&st, list.id, "not yet durable").await });
-        let t0 = std::time::Instant::now();
-        while store.jobs().expect("plain read").is_empty() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the committer never applied the post"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(
+            store.wait_applied(|s| s.jobs().is_ok_and(|j| !j.is_empty())).await,
+            "the committer never applied the post"
+        );
         let w = worker.clone();
         let step = tokio::spawn(async move { w.step(&mut HashMap::new()).await.map_err(|e| e.to_string()) });
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -1167,18 +1169,7 @@ mod tests {
             .expect("remove member");
 
         // A relay that refuses connections: any attempted copy becomes a retry.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
-        let fanout = FanoutSettings {
-            relay_port: port,
-            dns_servers: vec!["127.0.0.1:9".parse().expect("socket addr")],
-            dns_timeout: Duration::from_millis(100),
-            ..FanoutSettings::default()
-        };
-        let engine = Engine::new(store.clone(), Default::default());
-        let worker = Arc::new(Worker::new(store.clone(), engine, fanout, Vec::new(), None).expect("worker"));
+        let worker = worker_with_relay_down(&store);
         let mut plans = HashMap::new();
         let (sent, _) = worker.step(&mut plans).await.expect("step");
         assert_eq!(sent, 1, "one copy attempted: the remaining member's");

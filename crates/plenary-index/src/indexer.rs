@@ -406,7 +406,35 @@ mod tests {
     use plenary_core::meta::Fallback;
     use plenary_core::{ListAddress, MessageMeta, Origin};
 
-    use plenary_store::{IngestRequest, StoreSettings};
+    use plenary_store::{IngestRequest, ListRecord, StoreSettings};
+
+    /// A store in `dir` with the English list gov@x.org.
+    fn gov_store(dir: &std::path::Path) -> (Store, ListRecord) {
+        let mut s = StoreSettings::new(dir);
+        s.min_free_bytes = 0;
+        let store = Store::open(s).expect("store");
+        let list = store
+            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
+            .expect("list");
+        (store, list)
+    }
+
+    /// A search for `q` in gov@x.org (public, English), first page by relevance.
+    fn gov_request(list: ListId, q: &str) -> SearchRequest {
+        SearchRequest {
+            query: q.into(),
+            list: Some(list),
+            lists: vec![crate::ListScope {
+                id: list,
+                address: "gov@x.org".into(),
+                language: Language::English,
+                public: true,
+            }],
+            sort: crate::Sort::Relevance,
+            offset: 0,
+            limit: 10,
+        }
+    }
 
     /// The indexer's wait needs no runtime: it returns at once on a stored permit, early when
     /// notified from another thread, and at the timeout otherwise.
@@ -465,12 +493,7 @@ mod tests {
     #[tokio::test]
     async fn indexes_redacted_text_idempotently() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = StoreSettings::new(dir.path());
-        s.min_free_bytes = 0;
-        let store = Store::open(s).expect("store");
-        let list = store
-            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
-            .expect("list");
+        let (store, list) = gov_store(dir.path());
         put(&store, list.id, "From: Ada <ada@example.org>\r\nSubject: Interoperability charter\r\nMessage-ID: <a@x>\r\n\r\nThe zebra crossing standard; mail ada@example.org\r\n").await;
         put(
             &store,
@@ -484,20 +507,7 @@ mod tests {
         assert_eq!(ix.step().expect("step"), 2);
         assert_eq!(store.index_pending_len(), 0);
         search.reload().expect("reload");
-        let scopes = vec![crate::ListScope {
-            id: list.id,
-            address: "gov@x.org".into(),
-            language: Language::English,
-            public: true,
-        }];
-        let req = |q: &str| SearchRequest {
-            query: q.into(),
-            list: Some(list.id),
-            lists: scopes.clone(),
-            sort: crate::Sort::Relevance,
-            offset: 0,
-            limit: 10,
-        };
+        let req = |q: &str| gov_request(list.id, q);
         let r = search.search(&req("zebra")).expect("search");
         assert_eq!(r.total, 1);
         assert_eq!(r.hits[0].message_id, "a@x");
@@ -532,12 +542,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn indexes_only_what_is_durable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = StoreSettings::new(dir.path());
-        s.min_free_bytes = 0;
-        let store = Store::open(s).expect("store");
-        let list = store
-            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
-            .expect("list");
+        let (store, list) = gov_store(dir.path());
         let (search, _) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
         let mut ix = Indexer::new(store.clone(), search.clone(), IndexerSettings::default()).expect("indexer");
         let hold = store.hold_durability();
@@ -550,14 +555,10 @@ mod tests {
             )
             .await;
         });
-        let t0 = Instant::now();
-        while store.index_pending_len() == 0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the committer never applied the batch"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(
+            store.wait_applied(|s| s.index_pending_len() > 0).await,
+            "the committer never applied the batch"
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let stepper = std::thread::spawn(move || {
             let _ = tx.send(ix.step().map_err(|e| e.to_string()));
@@ -586,12 +587,7 @@ mod tests {
     #[tokio::test]
     async fn reconcile_removes_ghosts_and_fills_gaps() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = StoreSettings::new(dir.path());
-        s.min_free_bytes = 0;
-        let store = Store::open(s).expect("store");
-        let list = store
-            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
-            .expect("list");
+        let (store, list) = gov_store(dir.path());
         put(&store, list.id, "Message-ID: <a@x>\r\nSubject: one\r\n\r\nalpha\r\n").await;
         put(&store, list.id, "Message-ID: <b@x>\r\nSubject: two\r\n\r\nbravo\r\n").await;
         let (search, created) = SearchIndex::open(&dir.path().join("index"), QueryLimits::default()).expect("index");
@@ -620,20 +616,10 @@ mod tests {
         }
         search.reload().expect("reload");
         assert_eq!(search.num_docs(), 2, "the ghost is gone");
-        let req = SearchRequest {
-            query: "phantom".into(),
-            list: Some(list.id),
-            lists: vec![crate::ListScope {
-                id: list.id,
-                address: "gov@x.org".into(),
-                language: Language::English,
-                public: true,
-            }],
-            sort: crate::Sort::Relevance,
-            offset: 0,
-            limit: 10,
-        };
-        assert_eq!(search.search(&req).expect("search").total, 0);
+        assert_eq!(
+            search.search(&gov_request(list.id, "phantom")).expect("search").total,
+            0
+        );
 
         // A gap: a document missing is indexed again.
         let a = store.find(list.id, "a@x").expect("find").expect("present");
@@ -674,12 +660,7 @@ mod tests {
     #[tokio::test]
     async fn poison_message_is_quarantined_not_retried_forever() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = StoreSettings::new(dir.path());
-        s.min_free_bytes = 0;
-        let store = Store::open(s).expect("store");
-        let list = store
-            .create_list(&ListAddress::parse("gov@x.org").expect("addr"), "", "")
-            .expect("list");
+        let (store, list) = gov_store(dir.path());
         put(&store, list.id, "Message-ID: <p@x>\r\n\r\npoison\r\n").await;
         put(&store, list.id, "Message-ID: <q@x>\r\n\r\nfine\r\n").await;
         // <p@x> was in a batch when the process died, then the process died twice while

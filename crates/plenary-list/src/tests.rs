@@ -11,6 +11,26 @@ fn engine(dir: &std::path::Path) -> Engine {
     Engine::new(store, EngineSettings::default())
 }
 
+/// Mail as it arrives over SMTP for one of `list`'s addresses, under the list's policy.
+fn smtp_request(list: ListId, kind: RecipientKind, envelope_from: &str, raw: &[u8]) -> IngestRequest {
+    let meta = MessageMeta::extract(
+        raw,
+        Fallback {
+            envelope_date: None,
+            received_at: now(),
+        },
+    );
+    IngestRequest {
+        raw: raw.to_vec(),
+        meta,
+        origin: plenary_core::Origin::Smtp,
+        envelope_from: envelope_from.into(),
+        targets: vec![IngestTarget { list, kind }],
+        received_at: now(),
+        handling: PostHandling::ByPolicy,
+    }
+}
+
 fn notices(e: &Engine) -> Vec<(Vec<MemberAddress>, String)> {
     e.store()
         .jobs()
@@ -158,28 +178,10 @@ async fn held_post_is_approved_into_the_archive_and_queue() {
         .store()
         .set_list_settings("gov@lists.example.org", settings)
         .expect("settings");
-    let raw = b"From: stranger@example.com\r\nSubject: hi\r\nMessage-ID: <h1@x>\r\n\r\nhello\r\n".to_vec();
-    let meta = MessageMeta::extract(
-        &raw,
-        Fallback {
-            envelope_date: None,
-            received_at: now(),
-        },
-    );
+    let raw = b"From: stranger@example.com\r\nSubject: hi\r\nMessage-ID: <h1@x>\r\n\r\nhello\r\n";
     let out = e
         .store()
-        .ingest(IngestRequest {
-            raw,
-            meta,
-            origin: plenary_core::Origin::Smtp,
-            envelope_from: "stranger@example.com".into(),
-            targets: vec![IngestTarget {
-                list: list.id,
-                kind: RecipientKind::Post,
-            }],
-            received_at: now(),
-            handling: PostHandling::ByPolicy,
-        })
+        .ingest(smtp_request(list.id, RecipientKind::Post, "stranger@example.com", raw))
         .await
         .expect("ingest");
     let Some(TargetOutcome::Held(id)) = out.first() else {
@@ -485,37 +487,21 @@ async fn commands_are_answered_only_once_durable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let e = engine(dir.path());
     let list = e.store().list("gov@lists.example.org").expect("read").expect("list");
-    let raw = b"From: Ana <ana@example.net>\r\nSubject: subscribe\r\nMessage-ID: <r1@x>\r\n\r\n".to_vec();
-    let meta = MessageMeta::extract(
-        &raw,
-        Fallback {
-            envelope_date: None,
-            received_at: now(),
-        },
+    let req = smtp_request(
+        list.id,
+        RecipientKind::Request,
+        "ana@example.net",
+        b"From: Ana <ana@example.net>\r\nSubject: subscribe\r\nMessage-ID: <r1@x>\r\n\r\n",
     );
-    let req = IngestRequest {
-        raw,
-        meta,
-        origin: plenary_core::Origin::Smtp,
-        envelope_from: "ana@example.net".into(),
-        targets: vec![IngestTarget {
-            list: list.id,
-            kind: RecipientKind::Request,
-        }],
-        received_at: now(),
-        handling: PostHandling::ByPolicy,
-    };
     let hold = e.store().hold_durability();
     let store = e.store().clone();
     let ingest = tokio::spawn(async move { store.ingest(req).await });
-    let t0 = std::time::Instant::now();
-    while e.store().inbox(10).expect("plain read").is_empty() {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "the committer never applied the mail"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    assert!(
+        e.store()
+            .wait_applied(|s| s.inbox(10).is_ok_and(|i| !i.is_empty()))
+            .await,
+        "the committer never applied the mail"
+    );
     let e = std::sync::Arc::new(e);
     let engine = e.clone();
     let tick = tokio::spawn(async move { engine.tick().await.map_err(|e| e.to_string()) });

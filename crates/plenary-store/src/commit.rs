@@ -108,7 +108,7 @@ pub(crate) struct CommitCtx {
     pub work_notify: Arc<tokio::sync::Notify>,
     /// Durable group commits made, and the ingest requests they carried.
     pub stats: Arc<CommitStats>,
-    /// Group commits begun and made durable (`durable.rs`).
+    /// Tickets of writes not yet durable (`durable.rs`).
     pub durable: Arc<crate::durable::DurableMark>,
 }
 
@@ -346,8 +346,7 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
                 };
                 if let Err(std::sync::mpsc::SendError(a)) = applied_tx.send(applied) {
                     // The syncer is gone (it panicked): nothing can be made durable.
-                    ctx.failed.store(true, Ordering::SeqCst);
-                    ctx.durable.wake();
+                    fail(&ctx.failed, &ctx.durable);
                     tracing::error!("the syncer thread ended; store is now failed");
                     refuse(a.jobs, &StoreError::Failed);
                 }
@@ -369,6 +368,12 @@ fn run(mut ctx: CommitCtx, mut rx: mpsc::Receiver<Job>) {
     let _ = syncer.join();
 }
 
+/// Mark the store failed and wake the readers waiting for durability, so they give up.
+fn fail(failed: &AtomicBool, durable: &crate::durable::DurableMark) {
+    failed.store(true, Ordering::SeqCst);
+    durable.wake();
+}
+
 /// Marks the store failed when the committer or syncer thread ends (see `run`).
 struct Ended {
     failed: Arc<AtomicBool>,
@@ -377,8 +382,7 @@ struct Ended {
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        self.failed.store(true, Ordering::SeqCst);
-        self.durable.wake();
+        fail(&self.failed, &self.durable);
     }
 }
 
@@ -429,8 +433,7 @@ fn run_syncer(ctx: SyncCtx, rx: std::sync::mpsc::Receiver<Applied>) {
                 if !matches!(e, StoreError::Failed) {
                     tracing::error!(error = %e, "group commit failed; store is now failed");
                 }
-                ctx.failed.store(true, Ordering::SeqCst);
-                ctx.durable.wake();
+                fail(&ctx.failed, &ctx.durable);
                 for b in batches {
                     refuse(b.jobs, &StoreError::Failed);
                 }

@@ -40,7 +40,7 @@ pub(crate) struct DurableMark {
     moved: Condvar,
     /// Wakes async waiters likewise.
     moved_async: tokio::sync::Notify,
-    /// Set while a test holds the syncer between the two stages ([`Store::hold_durability`]).
+    /// Set while a test holds every sync ([`Store::hold_durability`]).
     held: AtomicBool,
 }
 
@@ -76,13 +76,14 @@ impl DurableMark {
         self.wake();
     }
 
-    /// Wake every waiter (after `finish`, or when the store failed).
+    /// Wake every waiter (a ticket came back, or the store failed).
     pub(crate) fn wake(&self) {
         self.moved.notify_all();
         self.moved_async.notify_waiters();
     }
 
-    /// The syncer waits here while a test holds it (one atomic load otherwise).
+    /// Syncs (the syncer's, `Store::sync`) wait here while a test holds them (one atomic
+    /// load otherwise).
     pub(crate) fn wait_unheld(&self) {
         while self.held.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
@@ -180,5 +181,19 @@ impl Store {
         DurabilityHold {
             mark: self.inner.durable.clone(),
         }
+    }
+
+    /// Poll until `applied` holds (a write made under a [`DurabilityHold`] became
+    /// visible); false if it did not within 10 s.
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub async fn wait_applied(&self, applied: impl Fn(&Store) -> bool) -> bool {
+        let t0 = std::time::Instant::now();
+        while !applied(self) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 }

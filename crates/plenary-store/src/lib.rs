@@ -198,7 +198,7 @@ struct Inner {
     /// When the rate-limit tree was last swept of expired keys (unix seconds).
     rate_swept: std::sync::atomic::AtomicI64,
     commit_stats: Arc<commit::CommitStats>,
-    /// Group commits begun and made durable, for [`Store::read_durable`].
+    /// Tickets of writes not yet durable, for [`Store::read_durable`].
     durable: Arc<durable::DurableMark>,
     /// Id and address of lists by address, for [`Store::list_ident`]: a list's id and
     /// address never change and lists are never removed, so an entry never goes stale.

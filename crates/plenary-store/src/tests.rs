@@ -702,14 +702,10 @@ async fn readers_that_act_on_mail_wait_until_it_is_durable() {
         s.ingest(req(list.id, b"Message-ID: <d1@x>\r\n\r\nhi\r\n", RecipientKind::Post))
             .await
     });
-    let t0 = std::time::Instant::now();
-    while store.index_pending_len() == 0 {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "the committer never applied the batch"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    assert!(
+        store.wait_applied(|s| s.index_pending_len() > 0).await,
+        "the committer never applied the batch"
+    );
     assert_eq!(
         store.index_pending(10).expect("plain read").len(),
         1,
@@ -759,14 +755,10 @@ async fn readers_waiting_for_durability_give_up_when_the_store_fails() {
         s.ingest(req(list.id, b"Message-ID: <f1@x>\r\n\r\nhi\r\n", RecipientKind::Post))
             .await
     });
-    let t0 = std::time::Instant::now();
-    while store.index_pending_len() == 0 {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "the committer never applied the batch"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    assert!(
+        store.wait_applied(|s| s.index_pending_len() > 0).await,
+        "the committer never applied the batch"
+    );
     let s = store.clone();
     let waiting = std::thread::spawn(move || s.read_durable_blocking(|s| s.index_pending(10)));
     let s = store.clone();
@@ -803,14 +795,10 @@ async fn readers_wait_for_the_sync_of_engine_writes() {
     let hold = store.hold_durability();
     let s = store.clone();
     let writer = std::thread::spawn(move || s.apply(vec![Write::PutJob(job)]));
-    let t0 = std::time::Instant::now();
-    while store.jobs().expect("plain read").is_empty() {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(10),
-            "the write was never applied"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    assert!(
+        store.wait_applied(|s| s.jobs().is_ok_and(|j| !j.is_empty())).await,
+        "the write was never applied"
+    );
     let s = store.clone();
     let reader = tokio::spawn(async move { s.read_durable(Store::jobs).await });
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
